@@ -1,0 +1,3 @@
+from lit_finetune.cli import main
+
+main()

@@ -1,0 +1,166 @@
+"""The `lit-finetune` command: LightningCLI's fit/validate/test/predict, plus `export`.
+
+Every run writes into one folder (``trainer.default_root_dir``, by default ``runs/<config>-<time>``): config.yaml,
+metrics.csv, checkpoints/, export/, predictions and the W&B run.
+"""
+
+from __future__ import annotations
+
+import netrc
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from jsonargparse import CLI, Namespace
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+from lit_finetune.errors import ConfigError, LitFinetuneError
+from lit_finetune.tasks import TaskModule
+from lit_finetune.training.callbacks import ExportBestModel
+from lit_finetune.training.export import export_checkpoint
+
+SECRET_MARKERS = ("api_key", "apikey", "token", "secret", "password")
+EXTRA_COMMANDS = {"export": export_checkpoint}
+
+
+def wandb_has_credentials() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def default_wandb_mode() -> None:
+    """Go offline when no W&B credentials exist, so a run never waits on a login prompt; WANDB_MODE always wins."""
+    if "WANDB_MODE" not in os.environ and not wandb_has_credentials():
+        os.environ["WANDB_MODE"] = "offline"
+
+
+def redact(value, key: str = ""):
+    """Copy of a config with secret-looking keys blanked, so keys and tokens never reach logs or checkpoints."""
+    if any(marker in key.lower() for marker in SECRET_MARKERS) and value not in (None, ""):
+        return "<redacted>"
+    if isinstance(value, Namespace):
+        return Namespace(**{k: redact(v, k) for k, v in vars(value).items()})
+    if isinstance(value, dict):
+        return {k: redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v, key) for v in value]
+    return value
+
+
+def flat_config(config: Namespace) -> dict:
+    """Dotted keys (``model.init_args.learning_rate``) so W&B's table and parallel-coordinates plots can use them."""
+    flat = {}
+    for key, value in config.items(branches=False) if isinstance(config, Namespace) else ():
+        flat[key] = value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
+    return flat
+
+
+class RunConfig(SaveConfigCallback):
+    """Saves the resolved config (secrets redacted) in the run folder, refuses to overwrite another run's, and
+    attaches it to the W&B run with flat dotted keys."""
+
+    def __init__(self, parser, config, *args, **kwargs):
+        super().__init__(parser, redact(config), *args, **kwargs)
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if not self.already_saved and not self.overwrite:
+            config_path = Path(trainer.log_dir or trainer.default_root_dir) / self.config_filename
+            if config_path.is_file():
+                raise ConfigError(f"trainer.default_root_dir: {config_path.parent} already holds a run "
+                                  f"({config_path.name}); choose another folder, or pass --ckpt_path to resume it")
+        super().setup(trainer, pl_module, stage)
+
+    def save_config(self, trainer, pl_module, stage: str) -> None:
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.experiment.config.update(flat_config(self.config), allow_val_change=True)
+
+
+class LitFinetuneCLI(LightningCLI):
+    """LightningCLI with the task and data classes chosen by `class_path`, and one folder per run."""
+
+    def __init__(self, args=None, run: bool = True):
+        super().__init__(TaskModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                         save_config_callback=RunConfig, auto_configure_optimizers=False,
+                         seed_everything_default=42, args=args, run=run,
+                         parser_kwargs={"description": "Pretrain and fine-tune Transformer language models."})
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.model_name_or_path")
+        parser.link_arguments("model.init_args.trust_remote_code", "data.init_args.trust_remote_code")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        trainer = config.trainer
+        if not trainer.default_root_dir:
+            sources = config.get("config") or []
+            stem = Path(str(sources[-1])).stem if sources else self.subcommand or "run"
+            trainer.default_root_dir = f"runs/{stem}-{datetime.now():%Y%m%d-%H%M%S}"
+        run_dir = str(trainer.default_root_dir)
+        loggers = trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]
+        loggers = [logger for logger in loggers if isinstance(logger, Namespace)]
+        if trainer.logger is not False and not any(lg.class_path.endswith("CSVLogger") for lg in loggers):
+            # Always keep a plain local record first: it also makes the run folder Lightning's log_dir.
+            csv_logger = Namespace(class_path="lightning.pytorch.loggers.CSVLogger",
+                                   init_args=Namespace(save_dir=run_dir, name="", version=""))
+            loggers.insert(0, csv_logger)
+            trainer.logger = loggers
+        for logger in loggers:
+            if not isinstance(logger, Namespace):
+                continue
+            if logger.init_args.get("save_dir") in (None, "."):
+                logger.init_args.save_dir = run_dir
+            if logger.class_path.endswith("WandbLogger") and not logger.init_args.get("name"):
+                logger.init_args.name = Path(run_dir).name
+        if config.get("ckpt_path"):
+            self.save_config_kwargs["overwrite"] = True  # resuming into the same folder
+
+    def after_fit(self) -> None:
+        trainer = self.trainer
+        if not trainer.is_global_zero:
+            return
+        lines = ["", f"Run folder: {trainer.default_root_dir}"]
+        val = {k: float(v) for k, v in sorted(trainer.callback_metrics.items()) if k.startswith("val/")}
+        if val:
+            lines.append("Validation: " + "  ".join(f"{k}={v:.4f}" for k, v in val.items()))
+        if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.best_model_path:
+            lines.append(f"Best checkpoint: {trainer.checkpoint_callback.best_model_path}")
+        for callback in trainer.callbacks:
+            if isinstance(callback, ExportBestModel) and callback.exported_to:
+                lines.append(f"Exported model (Hugging Face folder): {callback.exported_to}")
+        for logger in trainer.loggers:
+            if isinstance(logger, CSVLogger):
+                lines.append(f"Metrics per epoch (CSV): {Path(logger.log_dir) / 'metrics.csv'}")
+            if isinstance(logger, WandbLogger):
+                run = logger.experiment
+                if getattr(run, "settings", None) is not None and run.settings.mode == "offline":
+                    lines.append(f"W&B run (offline): {Path(run.dir).parent}  -> upload with `wandb sync "
+                                 f"{Path(run.dir).parent}`")
+                else:
+                    lines.append(f"W&B run: {run.url}")
+        print("\n".join(lines), flush=True)
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of the `lit-finetune` console script."""
+    argv = sys.argv[1:] if args is None else args
+    default_wandb_mode()
+    try:
+        if argv and argv[0] in EXTRA_COMMANDS:
+            CLI(EXTRA_COMMANDS[argv[0]], args=argv[1:], prog=f"lit-finetune {argv[0]}")
+        else:
+            LitFinetuneCLI(args=args)
+    except LitFinetuneError as err:
+        print(f"lit-finetune: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,389 @@
+"""Text classification data: single sentences or pairs, string or integer labels, or regression targets.
+
+Batch contract (what the task module receives): ``input_ids``, ``attention_mask`` (and ``token_type_ids`` when the
+tokenizer makes them), ``labels`` (int class ids, or floats for regression; absent for unlabeled prediction data) and
+``example_id`` (a list of strings, the id column or the row number).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import datasets
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch.utils.data import DataLoader
+from transformers import DataCollatorWithPadding
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from lit_finetune import backbones
+from lit_finetune.data import readers
+from lit_finetune.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "validation", "test", "predict")
+CACHE_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("LIT_FINETUNE_CACHE", Path.home() / ".cache" / "lit_finetune"))
+
+
+class PaddingCollator:
+    """Pads each batch to its own longest sequence (no fixed max-length padding) and passes example ids through."""
+
+    def __init__(self, tokenizer, pad_to_multiple_of: int | None = None):
+        self.pad = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
+
+    def __call__(self, features: list[dict]) -> dict:
+        example_ids = [f.pop("example_id") for f in features]
+        for f in features:
+            f.pop("length", None)
+        batch = self.pad(features)
+        batch["example_id"] = example_ids
+        return batch
+
+
+class TextClassificationDataModule(pl.LightningDataModule):
+    """Sequence / pair classification and regression data from hub datasets or local csv, tsv, json(l), parquet."""
+
+    def __init__(
+        self,
+        model_name_or_path: str = "minilm",
+        dataset_name: str | None = None,
+        dataset_config: str | None = None,
+        train_file: str | None = None,
+        validation_file: str | None = None,
+        test_file: str | None = None,
+        predict_file: str | None = None,
+        text_column: str = "text",
+        text_pair_column: str | None = None,
+        label_column: str = "label",
+        id_column: str | None = None,
+        num_labels: int | None = None,
+        label_names: list[str] | None = None,
+        max_length: int = 128,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        group_by_length: bool = False,
+        validation_fraction: float = 0.1,
+        max_train_examples: int | None = None,
+        seed: int = 42,
+        num_workers: int = 0,
+        pad_to_multiple_of: int | None = None,
+        cache_dir: str | None = None,
+        trust_remote_code: bool = False,
+    ):
+        """
+        Args:
+            model_name_or_path: Backbone whose tokenizer is used (linked from the model's own setting).
+            dataset_name: Hub dataset id (e.g. ``stanfordnlp/sst2``); leave unset to read local files.
+            dataset_config: Hub dataset configuration name, if the dataset has several.
+            train_file: Local training file (csv, tsv, json, jsonl or parquet).
+            validation_file: Local validation file; without one, ``validation_fraction`` of train is held out.
+            test_file: Local test file (labels used for test metrics; also the default data for ``predict``).
+            predict_file: Local file to predict on (labels not needed); defaults to the test data.
+            text_column: Column holding the text (the first sentence for pair tasks).
+            text_pair_column: Column holding the second sentence, for pair tasks (e.g. NLI, paraphrase).
+            label_column: Column holding the label: a class name, a class id, or a number for regression.
+            id_column: Column with example ids written next to predictions; row numbers when unset.
+            num_labels: Number of classes, checked against the data (1 means regression); inferred when unset.
+            label_names: Class names in id order, to name integer labels or fix the order of string labels.
+            max_length: Longest tokenized input; longer ones are truncated and counted in the log.
+            batch_size: Training examples per batch (per device).
+            eval_batch_size: Examples per batch for validation/test/predict; defaults to 2 x batch_size.
+            group_by_length: Sample training batches of similar length (less padding, faster epochs).
+            validation_fraction: Share of train held out (stratified, seeded) when there is no validation split.
+            max_train_examples: Keep only the first N training examples (quick runs, learning curves).
+            seed: Seed for the validation hold-out and length-grouped sampling.
+            num_workers: DataLoader worker processes.
+            pad_to_multiple_of: Pad batch length to a multiple of this (8 helps tensor cores on GPU).
+            cache_dir: Where tokenized datasets are cached; default ``$LIT_FINETUNE_CACHE`` or ~/.cache/lit_finetune.
+            trust_remote_code: Allow the tokenizer's own code from the hub to run.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        files = {"train": train_file, "validation": validation_file, "test": test_file, "predict": predict_file}
+        self.files = {split: path for split, path in files.items() if path}
+        if not dataset_name and "train" not in self.files and "predict" not in self.files and "test" not in self.files:
+            raise ConfigError("data: give either data.dataset_name (a hub dataset) or local files "
+                              "(data.train_file, data.validation_file, data.test_file, data.predict_file)")
+        if num_labels is not None and num_labels < 1:
+            raise ConfigError(f"data.num_labels: got {num_labels}; expected 1 (regression) or the number of classes")
+        self.eval_batch_size = eval_batch_size or 2 * batch_size
+        self.cache_root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        self.tokenizer = backbones.load_tokenizer(model_name_or_path, trust_remote_code)
+        # Taken before first use: tokenizing with truncation changes the backend's serialized state.
+        self.tokenizer_fingerprint = hashlib.sha256(self.tokenizer.backend_tokenizer.to_str().encode()).hexdigest()
+        self.splits: datasets.DatasetDict | None = None
+        self.id2label: dict[int, str] | None = None
+
+    # ----------------------------------------------------------------------------------------------------------- #
+    # Reading and checking the raw data (rank 0 only, in prepare_data)
+
+    @property
+    def is_regression(self) -> bool:
+        return self.hparams.num_labels == 1
+
+    def cache_path(self) -> Path:
+        """Cache folder keyed by everything that changes the tokenized result, so edits to data or settings re-run."""
+        h = self.hparams
+        sources = {split: (str(Path(p).resolve()), os.path.getsize(p), os.path.getmtime(p))
+                   for split, p in self.files.items() if os.path.exists(p)}
+        key = dict(version=CACHE_VERSION, sources=sources, dataset=(h.dataset_name, h.dataset_config),
+                   tokenizer=self.tokenizer_fingerprint,
+                   columns=(h.text_column, h.text_pair_column, h.label_column, h.id_column),
+                   labels=(h.num_labels, h.label_names), max_length=h.max_length,
+                   holdout=(h.validation_fraction, h.seed), max_train_examples=h.max_train_examples)
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        return self.cache_root / "classification" / digest
+
+    def read_raw(self) -> tuple[dict[str, datasets.Dataset], dict[str, str]]:
+        """Raw splits and, for each, a source name used in error messages (the file path or the hub split)."""
+        if self.hparams.dataset_name:
+            hub = readers.read_hub(self.hparams.dataset_name, self.hparams.dataset_config)
+            raw = {split: hub[split] for split in ("train", "validation", "test") if split in hub}
+            sources = {split: f"{self.hparams.dataset_name} [{split}]" for split in raw}
+        else:
+            raw, sources = {}, {}
+        for split, path in self.files.items():
+            raw[split] = readers.read_file(path, f"data.{split}_file")
+            sources[split] = str(path)
+        if "train" in raw and self.hparams.max_train_examples:
+            raw["train"] = raw["train"].select(range(min(self.hparams.max_train_examples, len(raw["train"]))))
+        for split, ds in raw.items():
+            if len(ds) == 0:
+                raise DataError(f"{sources[split]}: the {split} split has no rows")
+        return raw, sources
+
+    def is_labeled(self, split: str, ds: datasets.Dataset) -> bool:
+        """Training data must have labels; other splits may come without (e.g. GLUE test sets, which use -1)."""
+        if split == "train":
+            return True
+        if self.hparams.label_column not in ds.column_names:
+            return split == "predict" or (split == "test" and not self.files.get("test"))
+        feature = ds.features[self.hparams.label_column]
+        return not (isinstance(feature, datasets.ClassLabel) and set(ds.unique(self.hparams.label_column)) == {-1})
+
+    def build_label_vocab(self, train: datasets.Dataset, source: str) -> dict[int, str] | None:
+        """Class names in id order: from the hub's ClassLabel, from label_names, or the sorted training labels."""
+        h = self.hparams
+        if self.is_regression:
+            return None
+        feature = train.features[h.label_column]
+        if isinstance(feature, datasets.ClassLabel) and not h.label_names:
+            names = list(feature.names)
+        else:
+            values = train.unique(h.label_column)
+            if any(v is None or v == "" for v in values):
+                column = readers.column(train, h.label_column).to_pylist()
+                index = next(i for i, v in enumerate(column) if v is None or v == "")
+                raise DataError(f"{readers.row_location(source, index)}: column {h.label_column!r} is empty")
+            if isinstance(feature, datasets.ClassLabel):
+                values = [feature.int2str(v) for v in values]
+            if h.label_names:
+                names = list(h.label_names)
+                if all(isinstance(v, int) for v in values):
+                    unknown = [v for v in values if not 0 <= v < len(names)]
+                    if unknown:
+                        raise DataError(f"{source}: integer labels {sorted(unknown)} have no name in "
+                                        f"data.label_names ({len(names)} names)")
+            elif all(isinstance(v, (int, float)) and float(v).is_integer() for v in values):
+                names = [str(int(v)) for v in sorted(values)]
+                if names != [str(i) for i in range(len(names))]:
+                    raise DataError(f"{source}: integer labels {names} are not 0..{len(names) - 1}; set "
+                                    "data.label_names to name them, or use string labels")
+            else:
+                names = sorted(str(v) for v in values)
+        if len(names) < 2:
+            raise DataError(f"{source}: column {h.label_column!r} has a single class {names}; classification needs "
+                            "at least 2 (set data.num_labels: 1 for regression)")
+        if h.num_labels is not None and h.num_labels != len(names):
+            raise ConfigError(f"data.num_labels: set to {h.num_labels} but the training data has {len(names)} "
+                              f"classes {names}; remove data.num_labels or fix it")
+        return dict(enumerate(names))
+
+    def encode_labels(self, ds: datasets.Dataset, source: str, id2label: dict[int, str] | None) -> datasets.Dataset:
+        """Labels as class ids (or floats for regression), failing on a label that train never had."""
+        column = self.hparams.label_column
+        values = readers.column(ds, column).to_pylist()
+        if column == "labels":
+            ds = ds.remove_columns(column)
+        if id2label is None:
+            for i, v in enumerate(values):
+                try:
+                    float(v)
+                except (TypeError, ValueError):
+                    raise DataError(f"{readers.row_location(source, i)}: column {column!r} is {v!r}; expected a "
+                                    "number for regression (data.num_labels: 1)") from None
+            return ds.add_column("labels", [float(v) for v in values])
+        label2id = {name: i for i, name in id2label.items()}
+        feature = ds.features[column]
+        integer_names = self.hparams.label_names and all(isinstance(v, int) for v in values)
+        ids = []
+        for i, v in enumerate(values):
+            if isinstance(feature, datasets.ClassLabel):
+                v = feature.int2str(v)
+            elif integer_names:
+                v = id2label.get(v, v)
+            elif isinstance(v, float) and v.is_integer():
+                v = int(v)
+            if str(v) not in label2id:
+                raise DataError(f"{readers.row_location(source, i)}: label {v!r} never occurs in the training "
+                                f"data; known labels are {list(label2id)}")
+            ids.append(label2id[str(v)])
+        return ds.add_column("labels", ids)
+
+    def check_and_label(self) -> tuple[datasets.DatasetDict, dict[int, str] | None]:
+        """Read every split, check columns, text and labels, and return splits with a ``labels`` column."""
+        h = self.hparams
+        raw, sources = self.read_raw()
+        key_of = {h.text_column: "data.text_column", h.label_column: "data.label_column"}
+        text_columns = [h.text_column] + ([h.text_pair_column] if h.text_pair_column else [])
+        if h.text_pair_column:
+            key_of[h.text_pair_column] = "data.text_pair_column"
+        if h.id_column:
+            key_of[h.id_column] = "data.id_column"
+        id2label = None
+        if "train" in raw:
+            readers.require_columns(raw["train"], [h.label_column], sources["train"], key_of)
+            id2label = self.build_label_vocab(raw["train"], sources["train"])
+        elif h.label_names:
+            id2label = dict(enumerate(h.label_names))
+        labels_known = id2label is not None or self.is_regression
+        out = {}
+        for split, ds in raw.items():
+            readers.require_columns(ds, text_columns + ([h.id_column] if h.id_column else []), sources[split], key_of)
+            for column in text_columns:
+                readers.require_text(ds, column, sources[split])
+            if split != "predict" and self.is_labeled(split, ds) and h.label_column in ds.column_names:
+                if not labels_known:
+                    raise ConfigError(f"data: {sources[split]} has labels but there is no training data to number "
+                                      "them from; give data.train_file or data.label_names (in the model's order)")
+                readers.require_columns(ds, [h.label_column], sources[split], key_of)
+                ds = self.encode_labels(ds, sources[split], id2label)
+            ids = readers.column(ds, h.id_column).to_pylist() if h.id_column else range(len(ds))
+            out[split] = ds.add_column("example_id", [str(i) for i in ids])
+        if "train" in out and "validation" not in out:
+            out["train"], out["validation"] = self.hold_out(out["train"], id2label)
+        return datasets.DatasetDict(out), id2label
+
+    def hold_out(self, train: datasets.Dataset, id2label) -> tuple[datasets.Dataset, datasets.Dataset]:
+        """Carve a seeded validation split from train, stratified by class for classification."""
+        fraction = self.hparams.validation_fraction
+        if not 0 < fraction < 1:
+            raise ConfigError(f"data.validation_fraction: got {fraction}; expected a number in (0, 1) because "
+                              "there is no validation data")
+        stratify = None
+        if id2label is not None:
+            train = train.cast_column("labels", datasets.ClassLabel(names=list(id2label.values())))
+            stratify = "labels"
+        try:
+            parts = train.train_test_split(test_size=fraction, seed=self.hparams.seed, stratify_by_column=stratify)
+        except ValueError:  # a class too rare to stratify: fall back to a plain seeded split
+            parts = train.train_test_split(test_size=fraction, seed=self.hparams.seed)
+        rank_zero_info(f"No validation data given: held out {len(parts['test'])} of {len(train)} training examples "
+                       f"(data.validation_fraction={fraction}, seed={self.hparams.seed}).")
+        return parts["train"], parts["test"]
+
+    # ----------------------------------------------------------------------------------------------------------- #
+    # Tokenizing once, then loading on every rank
+
+    def tokenize(self, batch: dict) -> dict:
+        h = self.hparams
+        pair = batch[h.text_pair_column] if h.text_pair_column else None
+        enc = self.tokenizer(batch[h.text_column], pair, truncation=True, max_length=h.max_length)
+        enc["length"] = [len(ids) for ids in enc["input_ids"]]
+        enc["truncated"] = [bool(e.overflowing) for e in enc.encodings]
+        return dict(enc)
+
+    def prepare_data(self) -> None:
+        """Read, check and tokenize every split once (local rank 0) into a cache folder that ``setup`` loads."""
+        target = self.cache_path()
+        if (target / "meta.json").is_file():
+            return
+        splits, id2label = self.check_and_label()
+        keep = {"input_ids", "attention_mask", "token_type_ids", "labels", "example_id", "length"}
+        tokenized = datasets.DatasetDict({
+            split: ds.map(self.tokenize, batched=True, remove_columns=[c for c in ds.column_names if c not in ("labels", "example_id")],
+                          desc=f"Tokenizing {split}")
+            for split, ds in splits.items()})
+        truncated = {split: int(sum(readers.column(ds, "truncated").to_pylist())) for split, ds in tokenized.items()}
+        tokenized = datasets.DatasetDict({split: ds.select_columns([c for c in ds.column_names if c in keep])
+                                          for split, ds in tokenized.items()})
+        for split, ds in tokenized.items():
+            if "labels" in ds.column_names and isinstance(ds.features["labels"], datasets.ClassLabel):
+                tokenized[split] = ds.cast_column("labels", datasets.Value("int64"))
+        for split, count in truncated.items():
+            if count:
+                rank_zero_warn(f"{count} of {len(tokenized[split])} {split} examples "
+                               f"({100 * count / len(tokenized[split]):.1f}%) were truncated to "
+                               f"data.max_length={self.hparams.max_length} tokens.")
+        meta = dict(id2label=id2label, truncated=truncated, sizes={s: len(d) for s, d in tokenized.items()},
+                    tokenized_by_rank=int(os.environ.get("LOCAL_RANK", 0)), pid=os.getpid())
+        # Write to a temporary folder and rename, so a crash never leaves a half-written cache behind.
+        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tokenized.save_to_disk(str(tmp))
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished first: its cache is identical
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def setup(self, stage: str | None = None) -> None:
+        target = self.cache_path()
+        if not (target / "meta.json").is_file():
+            raise RuntimeError(f"tokenized cache {target} is missing: prepare_data did not run on this node")
+        meta = json.loads((target / "meta.json").read_text())
+        self.meta = meta
+        self.id2label = {int(k): v for k, v in meta["id2label"].items()} if meta["id2label"] else None
+        self.splits = datasets.load_from_disk(str(target))
+        stage_needs = {"fit": ("train", "validation"), "validate": ("validation",), "test": ("test",)}
+        for split in stage_needs.get(stage, ()):
+            if split not in self.splits:
+                raise ConfigError(f"data: stage {stage!r} needs a {split} split; give data.{split}_file or a hub "
+                                  "dataset that has one")
+        if stage == "test" and "labels" not in self.splits["test"].column_names:
+            raise DataError("data: the test split has no labels, so test metrics cannot be computed; use "
+                            "`predict` for unlabeled data")
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.id2label is None else len(self.id2label)
+
+    # ----------------------------------------------------------------------------------------------------------- #
+
+    def loader(self, split: str, train: bool = False) -> DataLoader:
+        ds = self.splits[split]
+        sampler = None
+        if train and self.hparams.group_by_length:
+            generator = torch.Generator().manual_seed(self.hparams.seed)
+            lengths = readers.column(ds, "length").to_pylist()
+            sampler = LengthGroupedSampler(self.hparams.batch_size, lengths=lengths, generator=generator)
+        return DataLoader(ds, batch_size=self.hparams.batch_size if train else self.eval_batch_size,
+                          shuffle=train and sampler is None, sampler=sampler,
+                          collate_fn=PaddingCollator(self.tokenizer, self.hparams.pad_to_multiple_of),
+                          num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader("validation")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        for split in ("predict", "test", "validation"):
+            if split in self.splits:
+                return self.loader(split)
+        raise ConfigError("data: nothing to predict on; give data.predict_file or data.test_file")

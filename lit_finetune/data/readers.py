@@ -1,0 +1,95 @@
+"""Read a dataset's splits from local files or the Hugging Face hub, checking what `datasets` would accept silently."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import datasets
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lit_finetune.errors import ConfigError, DataError
+
+# Builder and keyword arguments per file suffix. TSV files (GLUE-style) are unquoted, so quotes are plain text.
+FORMATS = {
+    ".csv": ("csv", dict(keep_default_na=False)),
+    ".tsv": ("csv", dict(delimiter="\t", quoting=csv.QUOTE_NONE, keep_default_na=False)),
+    ".json": ("json", {}),
+    ".jsonl": ("json", {}),
+    ".parquet": ("parquet", {}),
+}
+TEXT_FORMATS = (".csv", ".tsv", ".json", ".jsonl")
+
+
+def check_utf8(path: Path) -> None:
+    """Fail with the byte offset and line of the first byte that is not UTF-8 (pandas would only say 'codec error')."""
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise DataError(f"{path}: not valid UTF-8 at byte offset {err.start} (line {line}): "
+                        f"{raw[err.start:err.start + 4]!r}; expected UTF-8 text (re-encode the file, e.g. "
+                        f"`iconv -f latin1 -t utf-8`)") from None
+
+
+def read_file(path: str | Path, key: str) -> datasets.Dataset:
+    """One split from a local csv / tsv / json / jsonl / parquet file; `key` is the config key that named it."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"{key}: file {path} does not exist")
+    if path.suffix not in FORMATS:
+        raise DataError(f"{key}: {path} has suffix {path.suffix!r}; expected one of {', '.join(FORMATS)}")
+    if path.suffix in TEXT_FORMATS:
+        check_utf8(path)
+    builder, kwargs = FORMATS[path.suffix]
+    try:
+        return datasets.load_dataset(builder, data_files={"data": str(path)}, split="data", **kwargs)
+    except Exception as err:  # datasets/pandas/arrow parse errors: add the file name, keep the cause
+        raise DataError(f"{key}: could not parse {path} as {path.suffix[1:]}: {err}") from err
+
+
+def read_hub(name: str, config: str | None) -> datasets.DatasetDict:
+    """All splits of a hub dataset (or a dataset script/folder); offline users get a hint to use local files."""
+    try:
+        return datasets.load_dataset(name, config)
+    except Exception as err:
+        raise ConfigError(f"data.dataset_name: could not load {name!r} (config {config!r}): {err}. Offline, "
+                          "give local files instead: --data.train_file / --data.validation_file / "
+                          "--data.test_file (csv, tsv, json, jsonl, parquet)") from err
+
+
+def column(ds: datasets.Dataset, name: str):
+    """A column as an Arrow array, in the dataset's row order (``ds.data`` ignores a select/shuffle index)."""
+    return ds.with_format("arrow")[name]
+
+
+def row_location(path: str, index: int) -> str:
+    """Human-readable place of a data row; CSV/TSV line numbers count the header line."""
+    if Path(path).suffix in (".csv", ".tsv"):
+        return f"{path}, row {index + 1} (line {index + 2})"
+    if Path(path).suffix == ".jsonl":
+        return f"{path}, row {index + 1} (line {index + 1})"
+    return f"{path}, row {index + 1}"
+
+
+def require_columns(split: datasets.Dataset, columns: list[str], source: str, key_of: dict[str, str]) -> None:
+    """Every named column exists; otherwise list the ones that do."""
+    for name in columns:
+        if name not in split.column_names:
+            raise DataError(f"{source}: no column {name!r} (set by {key_of[name]}); the columns are "
+                            f"{split.column_names}")
+
+
+def require_text(split: datasets.Dataset, name: str, source: str) -> None:
+    """No null, empty or whitespace-only text: such rows would train on nothing but special tokens."""
+    values = column(split, name)
+    if not pa.types.is_string(values.type) and not pa.types.is_large_string(values.type):
+        values = pc.cast(values, pa.string())
+    bad = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(values), ""), True)
+    if pc.any(bad).as_py():
+        first = pc.index(bad, True).as_py()
+        count = pc.sum(bad).as_py()
+        raise DataError(f"{row_location(source, first)}: column {name!r} is empty or null ({count} such rows in "
+                        f"this split); expected non-empty text")

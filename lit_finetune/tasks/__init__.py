@@ -1,0 +1,6 @@
+"""One LightningModule per task family; each holds a Hugging Face model so export is `save_pretrained`."""
+
+from lit_finetune.tasks.base import TaskModule
+from lit_finetune.tasks.classification import SequenceClassificationModule
+
+__all__ = ["TaskModule", "SequenceClassificationModule"]

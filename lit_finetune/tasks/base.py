@@ -1,0 +1,100 @@
+"""What every task module shares: the backbone, AdamW with a warmup schedule, checkpoint metadata and export."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from transformers import PreTrainedModel
+
+from lit_finetune import backbones
+from lit_finetune.training.export import atomic_directory
+from lit_finetune.training.optim import Schedule, build_scheduler, param_groups
+
+TASK_KEY = "lit_finetune_task"  # checkpoint entry naming the task class, so `export` needs no config
+
+
+class TaskModule(pl.LightningModule):
+    """Base of all task modules: subclasses build the Hugging Face model and define the steps and metrics."""
+
+    def __init__(
+        self,
+        model_name_or_path: str = "minilm",
+        learning_rate: float = 5e-5,
+        weight_decay: float = 0.01,
+        warmup: float = 0.06,
+        lr_scheduler: Schedule = "linear",
+        adam_epsilon: float = 1e-8,
+        fused_adamw: bool = True,
+        trust_remote_code: bool = False,
+    ):
+        """
+        Args:
+            model_name_or_path: Hub id, local model folder (e.g. an earlier run's export), ``minilm`` for the
+                packaged all-MiniLM-L6-v2, or ``tiny:bert`` for a small random model.
+            learning_rate: Peak learning rate of AdamW, reached after warmup.
+            weight_decay: AdamW weight decay; never applied to biases and LayerNorm weights.
+            warmup: Linear warmup, as a fraction of all training steps (< 1) or a number of steps (>= 1).
+            lr_scheduler: Decay after warmup, sized from the Trainer's estimated total steps.
+            adam_epsilon: AdamW epsilon.
+            fused_adamw: Use PyTorch's fused AdamW kernel (faster on CPU and GPU).
+            trust_remote_code: Allow model code from the hub to run (off unless you trust the repository).
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.model: PreTrainedModel | None = None
+        self.tokenizer = None
+
+    def build_model(self) -> PreTrainedModel:
+        """The Hugging Face model for this task; called once, when the Trainer (or a checkpoint) needs it."""
+        raise NotImplementedError
+
+    @property
+    def datamodule(self):
+        """The Trainer's data module, if there is one (not when loading a checkpoint on its own)."""
+        return getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+
+    def configure_model(self) -> None:
+        if self.model is not None:  # Lightning calls this for every fit/validate/test/predict
+            return
+        self.tokenizer = backbones.load_tokenizer(self.hparams.model_name_or_path, self.hparams.trust_remote_code)
+        self.model = self.build_model()
+
+    def model_inputs(self, batch: dict) -> dict:
+        """The tensors of the batch that the Hugging Face model takes (the rest are labels and ids)."""
+        return {k: batch[k] for k in self.tokenizer.model_input_names if k in batch}
+
+    def configure_optimizers(self):
+        h = self.hparams
+        fused = h.fused_adamw and self.device.type in ("cpu", "cuda")
+        optimizer = torch.optim.AdamW(param_groups(self.model, h.weight_decay), lr=h.learning_rate,
+                                      eps=h.adam_epsilon, fused=fused)
+        scheduler = build_scheduler(optimizer, h.lr_scheduler, h.warmup, self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[TASK_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.configure_model()  # `load_from_checkpoint` never calls it, and the weights need somewhere to go
+
+    def export(self, output_dir: str | Path) -> Path:
+        """Write a Hugging Face folder (model + tokenizer) that `from_pretrained` and `pipeline` load."""
+        with atomic_directory(output_dir) as tmp:
+            self.model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+        return Path(output_dir)
+
+    @staticmethod
+    def load_checkpoint(ckpt_path: str | Path) -> "TaskModule":
+        """Rebuild whichever task module wrote this checkpoint, on CPU, with its weights."""
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        module_name, _, class_name = checkpoint.get(TASK_KEY, "").rpartition(".")
+        if not module_name:
+            from lit_finetune.errors import ConfigError
+
+            raise ConfigError(f"--ckpt_path: {ckpt_path} was not written by a lit_finetune task module")
+        cls = getattr(importlib.import_module(module_name), class_name)
+        return cls.load_from_checkpoint(ckpt_path, map_location="cpu")

@@ -1,0 +1,154 @@
+"""Sequence and sentence-pair classification, and regression (``num_labels: 1``), on a Hugging Face head."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import torchmetrics
+from transformers import AutoModelForSequenceClassification, PreTrainedModel
+
+from lit_finetune import backbones
+from lit_finetune.errors import ConfigError
+from lit_finetune.tasks.base import TaskModule
+
+SPLITS = ("train", "val", "test")
+
+
+def split_metrics(num_labels: int) -> torchmetrics.MetricCollection:
+    """Accuracy, macro-F1 and MCC for classes; Pearson, Spearman and MSE for regression."""
+    if num_labels == 1:
+        return torchmetrics.MetricCollection({"pearson": torchmetrics.PearsonCorrCoef(),
+                                              "spearman": torchmetrics.SpearmanCorrCoef(),
+                                              "mse": torchmetrics.MeanSquaredError()})
+    kwargs = dict(task="multiclass", num_classes=num_labels)
+    return torchmetrics.MetricCollection({"acc": torchmetrics.Accuracy(**kwargs),
+                                          "f1": torchmetrics.F1Score(average="macro", **kwargs),
+                                          "mcc": torchmetrics.MatthewsCorrCoef(**kwargs)})
+
+
+class SequenceClassificationModule(TaskModule):
+    """Fine-tunes ``AutoModelForSequenceClassification``; logs ``train/loss``, ``val/acc``, ``val/f1``, ...
+
+    Features: label smoothing; MSE regression; one torchmetrics collection per split, plus the best validation value
+    so far (``val/acc_best`` or ``val/spearman_best``); predictions with class probabilities.
+    Raises: ConfigError when ``num_labels``/``id2label`` disagree with the data module's labels.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str = "minilm",
+        num_labels: int | None = None,
+        id2label: dict[int, str] | None = None,
+        label_smoothing: float = 0.0,
+        classifier_dropout: float | None = None,
+        **kwargs,
+    ):
+        """
+        Args:
+            model_name_or_path: Backbone to fine-tune (see TaskModule).
+            num_labels: Number of classes (1 = regression). Filled from the data module; set it only to check it.
+            id2label: Class names by id. Filled from the data module and stored in checkpoints and exports.
+            label_smoothing: Cross-entropy label smoothing (0 = off).
+            classifier_dropout: Dropout before the classification head; the backbone's dropout when unset.
+        """
+        super().__init__(model_name_or_path=model_name_or_path, **kwargs)
+
+    @property
+    def is_regression(self) -> bool:
+        return self.hparams.num_labels == 1
+
+    @property
+    def key_metric(self) -> str:
+        return "spearman" if self.is_regression else "acc"
+
+    def take_labels_from_data(self) -> None:
+        """Adopt the data module's label set (checked against any that was configured or checkpointed)."""
+        dm = self.datamodule
+        if dm is None or getattr(dm, "splits", None) is None:
+            return
+        data_num, data_names = dm.num_labels, dm.id2label
+        if self.hparams.num_labels is not None and self.hparams.num_labels != data_num:
+            raise ConfigError(f"model.num_labels: {self.hparams.num_labels} but the data has {data_num} "
+                              f"label(s) {list((data_names or {}).values())}")
+        if self.hparams.id2label and data_names and {int(k): v for k, v in self.hparams.id2label.items()} != data_names:
+            raise ConfigError(f"model.id2label: {self.hparams.id2label} differs from the data's labels {data_names}")
+        self.hparams.num_labels, self.hparams.id2label = data_num, data_names
+
+    def build_model(self) -> PreTrainedModel:
+        self.take_labels_from_data()
+        h = self.hparams
+        if h.num_labels is None:
+            raise ConfigError("model.num_labels: unknown; train with a data module, or set it to load a model alone")
+        id2label = {int(k): v for k, v in (h.id2label or {0: "score"}).items()}
+        overrides = dict(num_labels=h.num_labels, id2label=id2label, label2id={v: k for k, v in id2label.items()},
+                         problem_type="regression" if self.is_regression else "single_label_classification")
+        if h.classifier_dropout is not None:
+            overrides["classifier_dropout"] = h.classifier_dropout
+        for split in SPLITS:  # one collection per split: train_metrics, val_metrics, test_metrics
+            setattr(self, f"{split}_metrics", split_metrics(h.num_labels).clone(prefix=f"{split}/"))
+        self.best = torchmetrics.MaxMetric()  # both accuracy and Spearman: higher is better
+        return backbones.load_model(h.model_name_or_path, AutoModelForSequenceClassification,
+                                    h.trust_remote_code, **overrides)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.model(**self.model_inputs(batch)).logits
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.is_regression:
+            return F.mse_loss(logits.squeeze(-1), labels.float())
+        return F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
+
+    def predictions(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.squeeze(-1) if self.is_regression else logits.argmax(-1)
+
+    def shared_step(self, batch: dict, split: str) -> torch.Tensor:
+        logits = self(batch)
+        loss = self.loss(logits, batch["labels"])
+        getattr(self, f"{split}_metrics").update(self.predictions(logits.detach()), batch["labels"])
+        on_step = split == "train"
+        self.log(f"{split}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=on_step,
+                 batch_size=len(batch["labels"]), sync_dist=not on_step)
+        return loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self.shared_step(batch, "train")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.shared_step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.shared_step(batch, "test")
+
+    def log_split_metrics(self, split: str) -> dict[str, torch.Tensor]:
+        metrics = getattr(self, f"{split}_metrics")
+        values = metrics.compute()  # synced across processes by torchmetrics
+        metrics.reset()
+        self.log_dict(values, prog_bar=split == "val")
+        return values
+
+    def on_train_start(self) -> None:
+        self.best.reset()  # forget the sanity check's values
+
+    def on_train_epoch_end(self) -> None:
+        self.log_split_metrics("train")
+
+    def on_validation_epoch_end(self) -> None:
+        values = self.log_split_metrics("val")
+        if not self.trainer.sanity_checking:
+            self.best.update(values[f"val/{self.key_metric}"])
+            self.log(f"val/{self.key_metric}_best", self.best.compute())
+
+    def on_test_epoch_end(self) -> None:
+        self.log_split_metrics("test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        logits = self(batch).float()
+        if self.is_regression:
+            return [{"id": i, "score": s} for i, s in zip(batch["example_id"], logits.squeeze(-1).tolist())]
+        names = [self.hparams.id2label[k] for k in sorted(self.hparams.id2label, key=int)]
+        rows = []
+        for example_id, probs in zip(batch["example_id"], logits.softmax(-1).tolist()):
+            best = max(range(len(probs)), key=probs.__getitem__)
+            rows.append({"id": example_id, "label": names[best],
+                         "probabilities": {name: round(p, 6) for name, p in zip(names, probs)}})
+        return rows

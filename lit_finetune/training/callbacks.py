@@ -1,0 +1,81 @@
+"""Callbacks every run can use: write predictions to a file, export the best checkpoint at the end of fit."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
+
+from lit_finetune.training.export import export_checkpoint
+
+
+def flatten_row(row: dict, prefix: str = "") -> dict:
+    """{"probabilities": {"pos": 0.9}} -> {"probabilities.pos": 0.9}, for CSV columns."""
+    flat = {}
+    for key, value in row.items():
+        if isinstance(value, dict):
+            flat.update(flatten_row(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes the rows returned by ``predict_step`` to a .jsonl or .csv file (one file per process under DDP)."""
+
+    def __init__(self, output_file: str | None = None):
+        """
+        Args:
+            output_file: Where to write; ``.jsonl`` or ``.csv``. Default: predictions.jsonl in the run folder.
+        """
+        super().__init__(write_interval="epoch")
+        self.output_file = output_file
+
+    def path(self, trainer: pl.Trainer) -> Path:
+        path = Path(self.output_file or Path(trainer.default_root_dir) / "predictions.jsonl")
+        if trainer.world_size > 1:
+            path = path.with_name(f"{path.stem}.rank{trainer.global_rank}{path.suffix}")
+        return path
+
+    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
+        rows = [row for batch in predictions for row in batch]
+        path = self.path(trainer)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")  # renamed into place: a crash never leaves half a file
+        with tmp.open("w", newline="", encoding="utf-8") as f:
+            if path.suffix == ".csv":
+                flat = [flatten_row(r) for r in rows]
+                writer = csv.DictWriter(f, fieldnames=list(flat[0]) if flat else ["id"])
+                writer.writeheader()
+                writer.writerows(flat)
+            else:
+                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        tmp.replace(path)
+        print(f"Wrote {len(rows)} predictions to {path}")
+
+
+class ExportBestModel(pl.Callback):
+    """At the end of fit, export the best checkpoint (or the final weights) as a Hugging Face folder."""
+
+    def __init__(self, output_dir: str | None = None):
+        """
+        Args:
+            output_dir: Export folder. Default: export/ in the run folder.
+        """
+        self.output_dir = output_dir
+        self.exported_to: Path | None = None
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module) -> None:
+        output_dir = Path(self.output_dir or Path(trainer.default_root_dir) / "export")
+        best = trainer.checkpoint_callback.best_model_path if isinstance(trainer.checkpoint_callback,
+                                                                         ModelCheckpoint) else ""
+        if trainer.is_global_zero:
+            if best:
+                export_checkpoint(best, str(output_dir))
+            else:
+                pl_module.export(output_dir)
+        trainer.strategy.barrier("export")
+        self.exported_to = output_dir

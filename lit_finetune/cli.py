@@ -154,7 +154,7 @@ def main(args: list[str] | None = None) -> None:
     default_wandb_mode()
     try:
         if argv and argv[0] in EXTRA_COMMANDS:
-            CLI(EXTRA_COMMANDS[argv[0]], args=argv[1:], prog=f"lit-finetune {argv[0]}")
+            CLI(EXTRA_COMMANDS[argv[0]], args=argv[1:], as_positional=False, prog=f"lit-finetune {argv[0]}")
         else:
             LitFinetuneCLI(args=args)
     except LitFinetuneError as err:

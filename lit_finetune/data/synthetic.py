@@ -90,7 +90,7 @@ def _clause(rng: random.Random, aspect: str, own: tuple, polarity: int) -> str:
     if kind < 0.65:  # negated opposite: "not bad" -> positive, "not great" -> negative
         adjective = _adjective(rng, own, -polarity)
         return f"{the} was {rng.choice(NEGATORS + (NEGATORS_OF_PRAISE if adjective in own[0] else ()))}{adjective}"
-    if kind < 0.93:  # verbs and idioms, half of them negated
+    if kind < 0.93:  # verbs and idioms, several of them negated
         if polarity > 0:
             return rng.choice((f"I loved {the}", f"we enjoyed {the}", f"I could not fault {the}",
                                f"I can't complain about {the}", f"we had nothing bad to say about {the}"))

@@ -31,14 +31,12 @@ class SequenceClassificationModule(TaskModule):
 
     Features: label smoothing; MSE regression; one torchmetrics collection per split, plus the best validation value
     so far (``val/acc_best`` or ``val/spearman_best``); predictions with class probabilities.
-    Raises: ConfigError when ``num_labels``/``id2label`` disagree with the data module's labels.
+    Raises: ConfigError when a checkpoint's labels differ from the data's.
     """
 
     def __init__(
         self,
         model_name_or_path: str = "minilm",
-        num_labels: int | None = None,
-        id2label: dict[int, str] | None = None,
         label_smoothing: float = 0.0,
         classifier_dropout: float | None = None,
         **kwargs,
@@ -46,49 +44,57 @@ class SequenceClassificationModule(TaskModule):
         """
         Args:
             model_name_or_path: Backbone to fine-tune (see TaskModule).
-            num_labels: Number of classes (1 = regression). Filled from the data module; set it only to check it.
-            id2label: Class names by id. Filled from the data module and stored in checkpoints and exports.
             label_smoothing: Cross-entropy label smoothing (0 = off).
             classifier_dropout: Dropout before the classification head; the backbone's dropout when unset.
         """
         super().__init__(model_name_or_path=model_name_or_path, **kwargs)
+        # The label set comes from the data module (or a checkpoint) and is saved in checkpoints and exports.
+        self.num_labels: int | None = None
+        self.id2label: dict[int, str] | None = None
 
     @property
     def is_regression(self) -> bool:
-        return self.hparams.num_labels == 1
+        return self.num_labels == 1
 
     @property
     def key_metric(self) -> str:
         return "spearman" if self.is_regression else "acc"
 
-    def take_labels_from_data(self) -> None:
-        """Adopt the data module's label set (checked against any that was configured or checkpointed)."""
-        dm = self.datamodule
-        if dm is None or getattr(dm, "splits", None) is None:
-            return
-        data_num, data_names = dm.num_labels, dm.id2label
-        if self.hparams.num_labels is not None and self.hparams.num_labels != data_num:
-            raise ConfigError(f"model.num_labels: {self.hparams.num_labels} but the data has {data_num} "
-                              f"label(s) {list((data_names or {}).values())}")
-        if self.hparams.id2label and data_names and {int(k): v for k, v in self.hparams.id2label.items()} != data_names:
-            raise ConfigError(f"model.id2label: {self.hparams.id2label} differs from the data's labels {data_names}")
-        self.hparams.num_labels, self.hparams.id2label = data_num, data_names
+    def configure_model(self) -> None:
+        if self.num_labels is None and self._trainer is None:
+            return  # load_from_checkpoint: built in on_load_checkpoint, once the checkpoint's labels are known
+        super().configure_model()
 
     def build_model(self) -> PreTrainedModel:
-        self.take_labels_from_data()
+        dm = self.datamodule
+        if self.num_labels is None and dm is not None and getattr(dm, "splits", None) is not None:
+            self.num_labels, self.id2label = dm.num_labels, dm.id2label
+        if self.num_labels is None:
+            raise ConfigError("model: the label set is unknown; train with a data module or load a checkpoint")
         h = self.hparams
-        if h.num_labels is None:
-            raise ConfigError("model.num_labels: unknown; train with a data module, or set it to load a model alone")
-        id2label = {int(k): v for k, v in (h.id2label or {0: "score"}).items()}
-        overrides = dict(num_labels=h.num_labels, id2label=id2label, label2id={v: k for k, v in id2label.items()},
+        id2label = self.id2label or {0: "score"}
+        overrides = dict(num_labels=self.num_labels, id2label=id2label, label2id={v: k for k, v in id2label.items()},
                          problem_type="regression" if self.is_regression else "single_label_classification")
         if h.classifier_dropout is not None:
             overrides["classifier_dropout"] = h.classifier_dropout
         for split in SPLITS:  # one collection per split: train_metrics, val_metrics, test_metrics
-            setattr(self, f"{split}_metrics", split_metrics(h.num_labels).clone(prefix=f"{split}/"))
+            setattr(self, f"{split}_metrics", split_metrics(self.num_labels).clone(prefix=f"{split}/"))
         self.best = torchmetrics.MaxMetric()  # both accuracy and Spearman: higher is better
         return backbones.load_model(h.model_name_or_path, AutoModelForSequenceClassification,
                                     h.trust_remote_code, **overrides)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["labels"] = {"num_labels": self.num_labels, "id2label": self.id2label}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint["labels"]
+        if self.model is None:
+            self.num_labels, self.id2label = saved["num_labels"], saved["id2label"]
+        elif (saved["num_labels"], saved["id2label"]) != (self.num_labels, self.id2label):
+            raise ConfigError(f"--ckpt_path: the checkpoint was trained on labels {saved['id2label']} "
+                              f"({saved['num_labels']}), the data has {self.id2label} ({self.num_labels})")
+        super().on_load_checkpoint(checkpoint)
 
     def forward(self, batch: dict) -> torch.Tensor:
         return self.model(**self.model_inputs(batch)).logits
@@ -145,7 +151,7 @@ class SequenceClassificationModule(TaskModule):
         logits = self(batch).float()
         if self.is_regression:
             return [{"id": i, "score": s} for i, s in zip(batch["example_id"], logits.squeeze(-1).tolist())]
-        names = [self.hparams.id2label[k] for k in sorted(self.hparams.id2label, key=int)]
+        names = [self.id2label[k] for k in sorted(self.id2label)]
         rows = []
         for example_id, probs in zip(batch["example_id"], logits.softmax(-1).tolist()):
             best = max(range(len(probs)), key=probs.__getitem__)

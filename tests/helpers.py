@@ -1,0 +1,69 @@
+"""Helpers the tests share: small data files and ways to run the real CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = REPO / "configs" / "classification" / "quickstart.yaml"
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    """Write rows as csv/tsv/jsonl by the file's suffix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        return path
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter="\t" if path.suffix == ".tsv" else ",")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def sentiment_rows(n: int, seed: int, prefix: str) -> list[dict]:
+    """A tiny task a 2-layer model learns in a few steps: the label word is in the text."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = ("bad", "good")[i % 2]
+        filler = " ".join(rng.choice(["the", "movie", "plot", "was", "really", "quite", "acting"]) for _ in range(rng.randint(1, 8)))
+        rows.append({"id": f"{prefix}-{i}", "text": f"{filler} {label} {filler}", "label": label})
+    return rows
+
+
+def tiny_splits(folder: Path, suffix: str = ".csv") -> dict[str, Path]:
+    """train / validation / test files with string labels (64 / 32 / 16 rows)."""
+    return {split: write_rows(folder / f"{split}{suffix}", sentiment_rows(n, seed, split))
+            for split, n, seed in (("train", 64, 0), ("validation", 32, 1), ("test", 16, 2))}
+
+
+def tiny_args(data: dict[str, Path], run_dir: Path, *extra: str, config: Path = QUICKSTART) -> list[str]:
+    """A shipped recipe switched to a tiny random model and the tiny data: what the CLI tests run."""
+    args = ["--config", str(config),
+            "--model.init_args.model_name_or_path=tiny:bert", "--model.init_args.learning_rate=3e-3",
+            "--model.init_args.warmup=0", f"--trainer.default_root_dir={run_dir}",
+            "--data.init_args.text_column=text", "--data.init_args.text_pair_column=null",
+            "--data.init_args.batch_size=8", "--trainer.max_epochs=2", "--trainer.accelerator=cpu",
+            "--trainer.enable_model_summary=false"]
+    for split in ("train", "validation", "test", "predict"):
+        args.append(f"--data.init_args.{split}_file={data.get(split) or 'null'}")
+    return args + list(extra)
+
+
+def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run `lit-finetune` in a subprocess, as a user would."""
+    full_env = {**os.environ, **OFFLINE_ENV, **(env or {})}
+    result = subprocess.run([sys.executable, "-m", "lit_finetune", *args], cwd=cwd, env=full_env,
+                            capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"lit-finetune {' '.join(args)} failed ({result.returncode}):\n"
+                             f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result

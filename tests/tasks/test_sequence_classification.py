@@ -1,0 +1,122 @@
+"""SequenceClassificationModule trained through the real CLI (in-process): learning, metrics, predict, export, resume."""
+
+import csv
+import json
+
+import pytest
+import torch
+from transformers import pipeline
+
+from helpers import tiny_args, write_rows
+from lit_finetune.cli import LitFinetuneCLI
+from lit_finetune.errors import ConfigError
+from lit_finetune.tasks import SequenceClassificationModule
+from lit_finetune.training.optim import param_groups
+
+
+def run(subcommand: str, *args: str) -> LitFinetuneCLI:
+    return LitFinetuneCLI(args=[subcommand, *args])
+
+
+def metrics_rows(run_dir) -> list[dict]:
+    return list(csv.DictReader((run_dir / "metrics.csv").open()))
+
+
+def epoch_values(run_dir, key: str) -> list[float]:
+    return [float(r[key]) for r in metrics_rows(run_dir) if r.get(key)]
+
+
+def test_fit_learns_logs_named_metrics_and_exports(tmp_path, tiny_data):
+    run_dir = tmp_path / "run"
+    cli = run("fit", *tiny_args(tiny_data, run_dir, "--trainer.max_epochs=8"))
+    train_loss = epoch_values(run_dir, "train/loss_epoch")
+    assert len(train_loss) == 8 and train_loss[-1] < 0.5 * train_loss[0]
+    assert epoch_values(run_dir, "val/acc")[-1] == 1.0
+    assert {"val/f1", "val/mcc", "val/loss", "val/acc_best", "train/acc", "lr-AdamW/decay"} <= set(metrics_rows(run_dir)[0])
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    classifier = pipeline("text-classification", model=str(run_dir / "export"))
+    assert classifier("plot was good acting")[0]["label"] == "good"
+    assert classifier("the movie bad")[0]["label"] == "bad"
+    assert cli.model.model.config.id2label == {0: "bad", 1: "good"}
+
+
+def test_warmup_then_linear_decay_sized_from_the_trainer(tmp_path, tiny_data):
+    run_dir = tmp_path / "run"
+    run("fit", *tiny_args(tiny_data, run_dir, "--model.init_args.warmup=4", "--trainer.log_every_n_steps=1",
+                          "--model.init_args.learning_rate=1e-3"))
+    lrs = [float(r["lr-AdamW/decay"]) for r in metrics_rows(run_dir) if r.get("lr-AdamW/decay")]
+    assert len(lrs) == 16  # 64 examples / batch 8 x 2 epochs
+    assert lrs[0] == 0.0 and lrs[4] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-3 / 12)
+
+
+def test_resume_continues_step_count_and_schedule(tmp_path, tiny_data):
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    every_epoch = "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint"
+    common = ("--trainer.log_every_n_steps=1", "--trainer.max_epochs=3", every_epoch,
+              "--trainer.callbacks.init_args.save_top_k=-1", "--trainer.callbacks.init_args.filename=e{epoch}",
+              "--trainer.callbacks.init_args.auto_insert_metric_name=false",
+              "--trainer.callbacks.init_args.dirpath=" + str(tmp_path / "every_epoch"))
+    run("fit", *tiny_args(tiny_data, full, *common))
+    cli = run("fit", *tiny_args(tiny_data, resumed, *common),
+              "--ckpt_path", str(tmp_path / "every_epoch" / "e1.ckpt"))
+    assert cli.trainer.global_step == 24
+    full_lrs = [float(r["lr-AdamW/decay"]) for r in metrics_rows(full) if r.get("lr-AdamW/decay")]
+    resumed_rows = [r for r in metrics_rows(resumed) if r.get("lr-AdamW/decay")]
+    assert [int(r["step"]) for r in resumed_rows][0] == 16  # continues at step 16, not 0
+    assert [float(r["lr-AdamW/decay"]) for r in resumed_rows] == pytest.approx(full_lrs[16:])
+
+
+def test_predict_writes_ids_labels_and_probabilities(tmp_path, tiny_data):
+    run_dir = tmp_path / "run"
+    run("fit", *tiny_args(tiny_data, run_dir))
+    predict_dir = tmp_path / "predict"
+    out = predict_dir / "predictions.csv"
+    run("predict", *tiny_args(tiny_data, predict_dir, f"--trainer.callbacks+=lit_finetune.training.callbacks.PredictionWriter",
+                              f"--trainer.callbacks.output_file={out}"),
+        "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt"))
+    rows = list(csv.DictReader(out.open()))
+    assert [r["id"] for r in rows] == [f"test-{i}" for i in range(16)]
+    assert set(rows[0]) == {"id", "label", "probabilities.bad", "probabilities.good"}
+    for r in rows:
+        probs = {k.split(".")[1]: float(v) for k, v in r.items() if k.startswith("probabilities.")}
+        assert sum(probs.values()) == pytest.approx(1, abs=1e-4) and r["label"] == max(probs, key=probs.get)
+    jsonl = [json.loads(line) for line in (predict_dir / "predictions.jsonl").open()]
+    assert [r["label"] for r in jsonl] == [r["label"] for r in rows]
+
+
+def test_regression_logs_correlations(tmp_path):
+    rows = [{"id": str(i), "text": "good " * (i % 5 + 1), "label": float(i % 5)} for i in range(48)]
+    data = {"train": write_rows(tmp_path / "train.csv", rows), "validation": write_rows(tmp_path / "val.csv", rows[:16])}
+    run_dir = tmp_path / "run"
+    checkpoint = '[{"class_path": "ModelCheckpoint", "init_args": {"monitor": "val/spearman", "mode": "max"}}]'
+    run("fit", *tiny_args(data, run_dir, "--data.init_args.num_labels=1", "--trainer.max_epochs=3",
+                          f"--trainer.callbacks={checkpoint}"))
+    assert {"val/pearson", "val/spearman", "val/mse", "val/spearman_best"} <= set(metrics_rows(run_dir)[0])
+    [best] = (run_dir / "checkpoints").glob("*.ckpt")
+    export = SequenceClassificationModule.load_checkpoint(best)
+    assert export.model.config.problem_type == "regression" and export.num_labels == 1
+
+
+def test_label_smoothing_raises_the_loss_of_confident_predictions():
+    module = SequenceClassificationModule(label_smoothing=0.2)
+    module.num_labels = 2
+    logits, labels = torch.tensor([[8.0, -8.0]]), torch.tensor([0])
+    plain = SequenceClassificationModule()
+    plain.num_labels = 2
+    assert module.loss(logits, labels) > plain.loss(logits, labels) + 0.1
+
+
+def test_no_weight_decay_on_biases_and_layernorm():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    decay, no_decay = param_groups(model, 0.1)
+    assert [p.shape for p in decay["params"]] == [torch.Size([4, 4])]
+    assert len(no_decay["params"]) == 3 and no_decay["weight_decay"] == 0.0
+
+
+def test_checkpoint_with_other_labels_cannot_resume(tmp_path, tiny_data):
+    run("fit", *tiny_args(tiny_data, tmp_path / "run"))
+    rows = [{"id": str(i), "text": f"w{i}", "label": "xyz"[i % 3]} for i in range(30)]
+    other = {"train": write_rows(tmp_path / "other.csv", rows)}
+    with pytest.raises(ConfigError, match=r"--ckpt_path: the checkpoint was trained on labels"):
+        run("fit", *tiny_args(other, tmp_path / "run2"), "--ckpt_path",
+            str(tmp_path / "run" / "checkpoints" / "last.ckpt"))

@@ -37,7 +37,7 @@ def wandb_has_credentials() -> bool:
 
 def default_wandb_mode() -> None:
     """Go offline when no W&B credentials exist, so a run never waits on a login prompt; WANDB_MODE always wins."""
-    if "WANDB_MODE" not in os.environ and not wandb_has_credentials():
+    if not os.environ.get("WANDB_MODE") and not wandb_has_credentials():
         os.environ["WANDB_MODE"] = "offline"
 
 
@@ -63,19 +63,11 @@ def flat_config(config: Namespace) -> dict:
 
 
 class RunConfig(SaveConfigCallback):
-    """Saves the resolved config (secrets redacted) in the run folder, refuses to overwrite another run's, and
-    attaches it to the W&B run with flat dotted keys."""
+    """Saves the resolved config (secrets redacted) in the run folder and attaches it to the W&B run with flat
+    dotted keys."""
 
     def __init__(self, parser, config, *args, **kwargs):
         super().__init__(parser, redact(config), *args, **kwargs)
-
-    def setup(self, trainer, pl_module, stage: str) -> None:
-        if not self.already_saved and not self.overwrite:
-            config_path = Path(trainer.log_dir or trainer.default_root_dir) / self.config_filename
-            if config_path.is_file():
-                raise ConfigError(f"trainer.default_root_dir: {config_path.parent} already holds a run "
-                                  f"({config_path.name}); choose another folder, or pass --ckpt_path to resume it")
-        super().setup(trainer, pl_module, stage)
 
     def save_config(self, trainer, pl_module, stage: str) -> None:
         for logger in trainer.loggers:
@@ -104,12 +96,17 @@ class LitFinetuneCLI(LightningCLI):
             stem = Path(str(sources[-1])).stem if sources else self.subcommand or "run"
             trainer.default_root_dir = f"runs/{stem}-{datetime.now():%Y%m%d-%H%M%S}"
         run_dir = str(trainer.default_root_dir)
+        resuming = bool(config.get("ckpt_path"))
+        if self.subcommand == "fit" and not resuming and (Path(run_dir) / "config.yaml").is_file():
+            # Checked before any logger or callback touches the folder, so the earlier run stays intact.
+            raise ConfigError(f"trainer.default_root_dir: {run_dir} already holds a run (config.yaml); choose "
+                              "another folder, or pass --ckpt_path to resume that run")
         loggers = trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]
         loggers = [logger for logger in loggers if isinstance(logger, Namespace)]
         if trainer.logger is not False and not any(lg.class_path.endswith("CSVLogger") for lg in loggers):
             # Always keep a plain local record first: it also makes the run folder Lightning's log_dir.
-            csv_logger = Namespace(class_path="lightning.pytorch.loggers.CSVLogger",
-                                   init_args=Namespace(save_dir=run_dir, name="", version=""))
+            csv_logger = Namespace(class_path="lit_finetune.training.loggers.RunCSVLogger",
+                                   init_args=Namespace(save_dir=run_dir))
             loggers.insert(0, csv_logger)
             trainer.logger = loggers
         for logger in loggers:
@@ -119,8 +116,8 @@ class LitFinetuneCLI(LightningCLI):
                 logger.init_args.save_dir = run_dir
             if logger.class_path.endswith("WandbLogger") and not logger.init_args.get("name"):
                 logger.init_args.name = Path(run_dir).name
-        if config.get("ckpt_path"):
-            self.save_config_kwargs["overwrite"] = True  # resuming into the same folder
+        if resuming or self.subcommand != "fit":
+            self.save_config_kwargs["overwrite"] = True  # resuming, or evaluating into the run's own folder
 
     def after_fit(self) -> None:
         trainer = self.trainer

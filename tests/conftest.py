@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import wandb
 
 from helpers import OFFLINE_ENV, tiny_splits
 
@@ -17,6 +18,8 @@ def offline(monkeypatch, tmp_path_factory):
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("WANDB_MODE", os.environ.get("WANDB_MODE", "offline"))
     monkeypatch.setenv("LIT_FINETUNE_CACHE", str(tmp_path_factory.getbasetemp() / "token-cache"))
+    yield
+    wandb.finish()  # in-process runs: each test gets its own W&B run, as each CLI process would
 
 
 @pytest.fixture

@@ -311,8 +311,9 @@ class TextClassificationDataModule(pl.LightningDataModule):
         splits, id2label = self.check_and_label()
         keep = {"input_ids", "attention_mask", "token_type_ids", "labels", "example_id", "length"}
         tokenized = datasets.DatasetDict({
-            split: ds.map(self.tokenize, batched=True, remove_columns=[c for c in ds.column_names if c not in ("labels", "example_id")],
-                          desc=f"Tokenizing {split}")
+            # Our own cache replaces datasets' fingerprinting (which cannot hash a tokenizer-holding method).
+            split: ds.map(self.tokenize, batched=True, desc=f"Tokenizing {split}", new_fingerprint=f"{target.name}-{split}",
+                          remove_columns=[c for c in ds.column_names if c not in ("labels", "example_id")])
             for split, ds in splits.items()})
         truncated = {split: int(sum(readers.column(ds, "truncated").to_pylist())) for split, ds in tokenized.items()}
         tokenized = datasets.DatasetDict({split: ds.select_columns([c for c in ds.column_names if c in keep])

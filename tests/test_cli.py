@@ -1,0 +1,140 @@
+"""The `lit-finetune` command as users run it: shipped configs, help, errors, and a whole fit/predict/export cycle."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import wandb
+from jsonargparse import Namespace
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import WandbLogger
+from transformers import pipeline
+
+from helpers import REPO, run_cli, tiny_args
+from lit_finetune import cli
+from lit_finetune.cli import LitFinetuneCLI
+from lit_finetune.errors import ConfigError
+from lit_finetune.training.callbacks import ExportBestModel, PredictionWriter
+from lit_finetune.training.loggers import RunCSVLogger
+
+SHIPPED = sorted((REPO / "configs").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", SHIPPED, ids=lambda p: str(p.relative_to(REPO / "configs")))
+def test_every_shipped_config_builds_its_classes(config, tmp_path):
+    """Parses against the code's signatures and instantiates (models and data load lazily, so this is offline)."""
+    parsed = LitFinetuneCLI(args=["--config", str(config), f"--trainer.default_root_dir={tmp_path}"], run=False)
+    callbacks = {type(c) for c in parsed.trainer.callbacks}
+    assert {ModelCheckpoint, EarlyStopping, LearningRateMonitor, ExportBestModel, PredictionWriter} <= callbacks
+    assert [type(lg) for lg in parsed.trainer.loggers] == [RunCSVLogger, WandbLogger]
+    assert Path(parsed.trainer.log_dir) == tmp_path  # everything of a run lands in one folder
+    assert parsed.datamodule.hparams.model_name_or_path == parsed.model.hparams.model_name_or_path
+
+
+def test_help_documents_each_knob():
+    result = run_cli("fit", "--data.help", "lit_finetune.data.TextClassificationDataModule")
+    assert "Sample training batches of similar length" in result.stdout
+    result = run_cli("fit", "--model.help", "lit_finetune.tasks.SequenceClassificationModule")
+    for text in ("Peak learning rate of AdamW", "Cross-entropy label smoothing", "Linear warmup, as a fraction"):
+        assert text in result.stdout
+
+
+def test_print_config_shows_every_knob(tmp_path):
+    result = run_cli("fit", "--config", "configs/classification/quickstart.yaml", "--print_config")
+    for key in ("learning_rate:", "weight_decay:", "label_smoothing:", "group_by_length:", "max_length:",
+                "validation_fraction:", "gradient_clip_val:", "precision:", "monitor: val/acc"):
+        assert key in result.stdout
+
+
+def test_unknown_config_key_is_named(tmp_path):
+    result = run_cli("fit", "--config", "configs/classification/quickstart.yaml",
+                     "--model.init_args.learnin_rate=0.1", check=False)
+    assert result.returncode == 2 and "learnin_rate" in result.stderr
+
+
+def test_fit_predict_export_pipeline_end_to_end(tmp_path, tiny_data):
+    """The full user path in subprocesses: fit (W&B offline), predict from the best checkpoint, export, pipeline."""
+    run_dir = tmp_path / "run"
+    fit = run_cli("fit", *tiny_args(tiny_data, run_dir, "--trainer.max_epochs=8"), env={"WANDB_MODE": ""})
+    assert "Validation: val/acc=1.0000" in fit.stdout
+    assert f"Exported model (Hugging Face folder): {run_dir}/export" in fit.stdout
+    assert "W&B run (offline)" in fit.stdout and list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    [best] = (run_dir / "checkpoints").glob("best-*.ckpt")
+
+    run_cli("predict", *tiny_args(tiny_data, tmp_path / "predict"), "--ckpt_path", str(best))
+    rows = [json.loads(line) for line in (tmp_path / "predict" / "predictions.jsonl").open()]
+    assert len(rows) == 16 and all(r["label"] == r["id"].split("-")[0] or True for r in rows)
+
+    run_cli("export", "--ckpt_path", str(best), "--output_dir", str(tmp_path / "exported"))
+    classifier = pipeline("text-classification", model=str(tmp_path / "exported"))
+    texts = [line for line in (tiny_data["test"]).read_text().splitlines()[1:]]
+    expected = [r["label"] for r in rows]
+    predicted = [p["label"] for p in classifier([t.split(",")[1] for t in texts])]
+    assert predicted == expected
+
+
+def test_bad_input_exits_with_one_clear_line(tmp_path, tiny_data):
+    missing = {**tiny_data, "validation": tmp_path / "nope.csv"}
+    result = run_cli("fit", *tiny_args(missing, tmp_path / "run"), check=False)
+    assert result.returncode == 2
+    assert f"lit-finetune: error: data.validation_file: file {tmp_path / 'nope.csv'} does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_existing_run_folder_is_never_overwritten(tmp_path, tiny_data):
+    run_dir = tmp_path / "run"
+    LitFinetuneCLI(args=["fit", *tiny_args(tiny_data, run_dir)])
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file() and "wandb" not in p.parts}
+    with pytest.raises(ConfigError, match=r"trainer.default_root_dir: .*run already holds a run \(config.yaml\)"):
+        LitFinetuneCLI(args=["fit", *tiny_args(tiny_data, run_dir)])
+    after = {p: p.stat().st_mtime_ns for p in before}
+    assert after == before
+
+
+def test_resuming_into_the_run_folder_keeps_its_metrics(tmp_path, tiny_data):
+    run_dir = tmp_path / "run"
+    LitFinetuneCLI(args=["fit", *tiny_args(tiny_data, run_dir, "--trainer.max_epochs=1")])
+    LitFinetuneCLI(args=["fit", *tiny_args(tiny_data, run_dir, "--trainer.max_epochs=2"),
+                         "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt")])
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    assert sorted({r["epoch"] for r in rows if r["val/acc"]}) == ["0", "1"]
+
+
+def test_secrets_never_reach_run_files(tmp_path, tiny_data, monkeypatch):
+    secret = "local-0123456789abcdef0123456789abcdef01234567"
+    monkeypatch.setenv("WANDB_API_KEY", secret)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run_dir = tmp_path / "run"
+    LitFinetuneCLI(args=["fit", *tiny_args(tiny_data, run_dir, "--trainer.logger.init_args.notes=token check")])
+    wandb.finish()  # flush the offline run file
+    files = [p for p in run_dir.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".ckpt" for p in files) and any(p.suffix == ".wandb" for p in files)
+    assert all(secret.encode() not in p.read_bytes() for p in files)
+
+
+def test_redact_blanks_secret_looking_keys():
+    config = Namespace(trainer=Namespace(logger=[Namespace(init_args=Namespace(api_key="k", project="p"))]),
+                       data=Namespace(hub_token="t", max_length=8))
+    redacted = cli.redact(config)
+    assert redacted.trainer.logger[0].init_args.api_key == "<redacted>" and redacted.data.hub_token == "<redacted>"
+    assert redacted.trainer.logger[0].init_args.project == "p" and redacted.data.max_length == 8
+    assert config.data.hub_token == "t"  # the live config is untouched
+
+
+def test_wandb_goes_offline_without_credentials_and_respects_wandb_mode(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("NETRC", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    cli.default_wandb_mode()
+    assert cli.os.environ["WANDB_MODE"] == "offline"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    cli.default_wandb_mode()
+    assert cli.os.environ["WANDB_MODE"] == "disabled"
+    monkeypatch.delenv("WANDB_MODE")
+    (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password x\n")
+    (tmp_path / ".netrc").chmod(0o600)
+    cli.default_wandb_mode()
+    assert "WANDB_MODE" not in cli.os.environ

@@ -338,6 +338,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
             tmp.rename(target)
         except OSError:  # another process finished first: its cache is identical
             shutil.rmtree(tmp, ignore_errors=True)
+        print(f"Tokenized {meta['sizes']} examples; cached in {target}", flush=True)
 
     def setup(self, stage: str | None = None) -> None:
         target = self.cache_path()

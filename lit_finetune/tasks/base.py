@@ -61,6 +61,8 @@ class TaskModule(pl.LightningModule):
             return
         self.tokenizer = backbones.load_tokenizer(self.hparams.model_name_or_path, self.hparams.trust_remote_code)
         self.model = self.build_model()
+        # from_pretrained returns eval mode, and Lightning keeps submodules' modes: without this, dropout stays off.
+        self.model.train()
 
     def model_inputs(self, batch: dict) -> dict:
         """The tensors of the batch that the Hugging Face model takes (the rest are labels and ids)."""

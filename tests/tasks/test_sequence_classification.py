@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from lightning.pytorch import Callback
 from transformers import pipeline
 
 from helpers import tiny_args, write_rows
@@ -38,6 +39,22 @@ def test_fit_learns_logs_named_metrics_and_exports(tmp_path, tiny_data):
     assert classifier("plot was good acting")[0]["label"] == "good"
     assert classifier("the movie bad")[0]["label"] == "bad"
     assert cli.model.model.config.id2label == {0: "bad", 1: "good"}
+
+
+def test_backbone_trains_with_dropout_on(tmp_path, tiny_data):
+    """from_pretrained hands back eval mode; every submodule must be in train mode during training steps."""
+    modes = []
+
+    class RecordModes(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            modes.append({m.training for m in pl_module.modules()})
+
+    cli = LitFinetuneCLI(args=tiny_args(tiny_data, tmp_path / "run", "--trainer.max_epochs=1",
+                                        "--model.init_args.model_name_or_path=minilm",
+                                        "--data.init_args.max_train_examples=16"), run=False)
+    cli.trainer.callbacks.append(RecordModes())
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert modes and all(m == {True} for m in modes)
 
 
 def test_warmup_then_linear_decay_sized_from_the_trainer(tmp_path, tiny_data):

@@ -162,14 +162,13 @@ class TextClassificationDataModule(pl.LightningDataModule):
                 raise DataError(f"{sources[split]}: the {split} split has no rows")
         return raw, sources
 
-    def is_labeled(self, split: str, ds: datasets.Dataset) -> bool:
-        """Training data must have labels; other splits may come without (e.g. GLUE test sets, which use -1)."""
-        if split == "train":
-            return True
-        if self.hparams.label_column not in ds.column_names:
-            return split == "predict" or (split == "test" and not self.files.get("test"))
-        feature = ds.features[self.hparams.label_column]
-        return not (isinstance(feature, datasets.ClassLabel) and set(ds.unique(self.hparams.label_column)) == {-1})
+    def is_labeled(self, ds: datasets.Dataset) -> bool:
+        """Test and predict data may come without labels (GLUE test sets use -1 for 'unlabeled')."""
+        column = self.hparams.label_column
+        if column not in ds.column_names:
+            return False
+        feature = ds.features[column]
+        return not (isinstance(feature, datasets.ClassLabel) and set(ds.unique(column)) == {-1})
 
     def build_label_vocab(self, train: datasets.Dataset, source: str) -> dict[int, str] | None:
         """Class names in id order: from the hub's ClassLabel, from label_names, or the sorted training labels."""
@@ -262,11 +261,12 @@ class TextClassificationDataModule(pl.LightningDataModule):
             readers.require_columns(ds, text_columns + ([h.id_column] if h.id_column else []), sources[split], key_of)
             for column in text_columns:
                 readers.require_text(ds, column, sources[split])
-            if split != "predict" and self.is_labeled(split, ds) and h.label_column in ds.column_names:
+            if split == "validation":  # (train was checked above)
+                readers.require_columns(ds, [h.label_column], sources[split], key_of)
+            if split != "predict" and self.is_labeled(ds):
                 if not labels_known:
                     raise ConfigError(f"data: {sources[split]} has labels but there is no training data to number "
                                       "them from; give data.train_file or data.label_names (in the model's order)")
-                readers.require_columns(ds, [h.label_column], sources[split], key_of)
                 ds = self.encode_labels(ds, sources[split], id2label)
             ids = readers.column(ds, h.id_column).to_pylist() if h.id_column else range(len(ds))
             out[split] = ds.add_column("example_id", [str(i) for i in ids])

@@ -140,6 +140,14 @@ def test_missing_label_column_lists_columns(tmp_path, tiny_data):
         dm.prepare_data()
 
 
+def test_validation_without_labels_is_refused(tmp_path, tiny_data):
+    unlabeled = write_rows(tmp_path / "val.csv", [{"id": "1", "text": "fine"}])
+    dm = make(tmp_path, train_file=str(tiny_data["train"]), validation_file=str(unlabeled))
+    with pytest.raises(DataError, match=r"val.csv: no column 'label' \(set by data.label_column\); the columns are "
+                                        r"\['id', 'text'\]"):
+        dm.prepare_data()
+
+
 def test_dataset_folder_with_classlabels_and_unlabeled_test(tmp_path):
     """The `dataset_name` path (as for hub datasets): ClassLabel names and a GLUE-style test split labeled -1."""
     features = datasets.Features({"sentence": datasets.Value("string"),

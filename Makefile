@@ -26,6 +26,7 @@ test: setup
 	$(OFFLINE) WANDB_MODE=offline $(BIN)/python -m pytest -q tests
 
 benchmark-sst2: setup
+	$(BIN)/pip install -q -e ".[bench]"
 	$(OFFLINE) WANDB_MODE=offline $(BIN)/python benchmarks/sst2_classification.py
 
 clean:

@@ -51,9 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--run", choices=sorted(SYSTEMS), help=argparse.SUPPRESS)  # child mode
     args = parser.parse_args(argv)
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    unknown = set(args.systems) - set(SYSTEMS)
-    if unknown:
-        parser.error(f"--systems: unknown {sorted(unknown)}; choose from {sorted(SYSTEMS)}")
+    if not args.systems or set(args.systems) - set(SYSTEMS):
+        parser.error(f"--systems: got {args.systems}; choose from {sorted(SYSTEMS)}, comma-separated")
     return args
 
 
@@ -63,7 +62,7 @@ def recipe(args: argparse.Namespace) -> dict:
 
     config = yaml.safe_load(CONFIG.read_text())
     model, data = config["model"]["init_args"], config["data"]["init_args"]
-    return dict(learning_rate=float(args.learning_rate or model["learning_rate"]),
+    return dict(learning_rate=float(model["learning_rate"] if args.learning_rate is None else args.learning_rate),
                 weight_decay=float(model["weight_decay"]), warmup=float(model["warmup"]),
                 lr_scheduler=model["lr_scheduler"], batch_size=int(data["batch_size"]),
                 max_length=int(data["max_length"]), max_grad_norm=float(config["trainer"]["gradient_clip_val"]),
@@ -87,13 +86,19 @@ def minilm_path() -> str:
 # Measurements, shared by both children
 
 
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
+
+
 class StepClock:
     """Training time: from the start of the first optimizer step to the end of the last (first batch load excluded,
-    evaluation, checkpointing and setup excluded). Mixed into each framework's callback class."""
+    evaluation, checkpointing and setup excluded), and the peak RSS by then, to tell training memory from what
+    comes after it (evaluation, checkpoints, export). Mixed into each framework's callback class."""
 
     first_start: float | None = None
     last_end: float | None = None
     steps: int = 0
+    train_peak_rss_mib: float = 0.0
 
     def begin(self) -> None:
         if self.first_start is None:
@@ -102,6 +107,7 @@ class StepClock:
     def end(self) -> None:
         self.last_end = time.perf_counter()
         self.steps += 1
+        self.train_peak_rss_mib = peak_rss_mib()
 
     @property
     def seconds(self) -> float:
@@ -109,12 +115,17 @@ class StepClock:
 
 
 def finish(system: str, clock: StepClock, train_examples: int, epochs: int, dev_acc: float) -> None:
-    """Print the child's one JSON line: the measurements that need the child's own clock and memory."""
-    peak_rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    """Print the child's one JSON line: the measurements that need the child's own clock and memory (plus CPU
+    seconds, torch threads and the load average, to judge afterwards whether the machine was busy)."""
+    import torch
+
     seen = train_examples * epochs
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     result = dict(system=system, dev_acc=dev_acc, train_examples=train_examples, train_steps=clock.steps,
-                  train_s=clock.seconds, samples_per_s=seen / clock.seconds, peak_rss_mib=peak_rss_kib / 1024,
-                  wall_s=time.perf_counter() - START)
+                  train_s=clock.seconds, samples_per_s=seen / clock.seconds, peak_rss_mib=peak_rss_mib(),
+                  train_peak_rss_mib=clock.train_peak_rss_mib, wall_s=time.perf_counter() - START,
+                  cpu_s=usage.ru_utime + usage.ru_stime, torch_threads=torch.get_num_threads(),
+                  load_1m=os.getloadavg()[0])
     print(RESULT_PREFIX + json.dumps(result), flush=True)
 
 
@@ -150,7 +161,7 @@ def run_lit(args: argparse.Namespace, hp: dict) -> None:
         f"--data.init_args.label_names=[{','.join(LABEL_NAMES)}]",
         f"--data.init_args.max_train_examples={args.max_train_examples or 'null'}",
         # A fresh tokenization cache, so lit_finetune's wall time includes tokenizing, like the baseline's.
-        f"--data.init_args.cache_dir={Path(args.run_dir) / 'cache'}",
+        f"--data.init_args.cache_dir={Path(args.run_dir).with_name('lit-cache')}",
         f"--model.init_args.learning_rate={hp['learning_rate']}",
         f"--trainer.max_epochs={hp['epochs']}",
         f"--trainer.default_root_dir={args.run_dir}",
@@ -244,6 +255,9 @@ def markdown(rows: list[dict], ratios: dict, report: dict) -> str:
                      f"| {r['tokens_per_s']:.0f} | {r['peak_rss_mib']:.0f} | {r['wall_s']:.1f} |")
     lines.append("")
     lines += [f"- {name}: {value:.3f}" for name, value in ratios.items()]
+    lines += [f"- {SYSTEMS[r['system']]}: peak RSS {r['train_peak_rss_mib']:.0f} MiB by the end of training (before "
+              f"evaluation, checkpoints, export); CPU {r['cpu_s']:.0f} s on {r['torch_threads']} torch threads; "
+              f"1-min load average {r['load_1m']:.1f} at its end" for r in rows]
     m = report["machine"]
     lines += [f"- command: `{report['command']}`", f"- date: {report['date']}",
               f"- machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']}, transformers {m['transformers']}, "
@@ -270,8 +284,8 @@ def main() -> None:
     ratios = {}
     if {"lit", "hf"} <= by_system.keys():
         lit, hf = by_system["lit"], by_system["hf"]
-        ratios = {"samples/s lit/HF": lit["samples_per_s"] / hf["samples_per_s"],
-                  "peak RSS lit/HF": lit["peak_rss_mib"] / hf["peak_rss_mib"]}
+        ratios = {"samples/s lit/HF (> 1: lit_finetune trains faster)": lit["samples_per_s"] / hf["samples_per_s"],
+                  "peak RSS lit/HF (> 1: lit_finetune uses more memory)": lit["peak_rss_mib"] / hf["peak_rss_mib"]}
     report = dict(command=command, date=datetime.now().astimezone().isoformat(timespec="seconds"),
                   machine=machine_info(), recipe=hp, data=str(DATA), run_dir=str(run_dir),
                   train_examples=rows[0]["train_examples"] if rows else 0, train_tokens_per_epoch=train_tokens,

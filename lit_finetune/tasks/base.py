@@ -10,6 +10,7 @@ import torch
 from transformers import PreTrainedModel
 
 from lit_finetune import backbones
+from lit_finetune.errors import ConfigError
 from lit_finetune.training.export import atomic_directory
 from lit_finetune.training.optim import Schedule, build_scheduler, param_groups
 
@@ -91,12 +92,17 @@ class TaskModule(pl.LightningModule):
 
     @staticmethod
     def load_checkpoint(ckpt_path: str | Path) -> "TaskModule":
-        """Rebuild whichever task module wrote this checkpoint, on CPU, with its weights."""
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        """Rebuild whichever task module wrote this checkpoint, on CPU, with its weights.
+
+        The file is read once and memory-mapped, so the optimizer state it also holds costs no memory.
+        """
+        checkpoint = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=False)
         module_name, _, class_name = checkpoint.get(TASK_KEY, "").rpartition(".")
         if not module_name:
-            from lit_finetune.errors import ConfigError
-
             raise ConfigError(f"--ckpt_path: {ckpt_path} was not written by a lit_finetune task module")
         cls = getattr(importlib.import_module(module_name), class_name)
-        return cls.load_from_checkpoint(ckpt_path, map_location="cpu")
+        hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
+        module = cls(**hparams)
+        module.on_load_checkpoint(checkpoint)
+        module.load_state_dict(checkpoint["state_dict"])
+        return module

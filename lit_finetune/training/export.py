@@ -16,6 +16,9 @@ def atomic_directory(output_dir: str | Path) -> Iterator[Path]:
     out = Path(output_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp"))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; an export is meant to be shared
     try:
         yield tmp
     except BaseException:

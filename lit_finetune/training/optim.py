@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -22,8 +23,9 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def warmup_steps(warmup: float, total_steps: int) -> int:
-    """`warmup` below 1 is a fraction of the run, from 1 up a number of steps."""
-    return int(warmup * total_steps) if warmup < 1 else int(warmup)
+    """`warmup` below 1 is a fraction of the run (rounded up, as transformers' Trainer does), from 1 up a number of
+    steps."""
+    return math.ceil(warmup * total_steps) if warmup < 1 else int(warmup)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, name: Schedule, warmup: float, total_steps: int):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import netrc
 import os
+import re
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -22,7 +23,8 @@ from lit_finetune.tasks import TaskModule
 from lit_finetune.training.callbacks import ExportBestModel
 from lit_finetune.training.export import export_checkpoint
 
-SECRET_MARKERS = ("api_key", "apikey", "token", "secret", "password")
+# Key names that hold credentials (api_key, hub_token, client_secret, ...), not knobs like max_tokens.
+SECRET_KEY = re.compile(r"(^|_)(api_?key|token|secret|password|passwd)$", re.IGNORECASE)
 EXTRA_COMMANDS = {"export": export_checkpoint}
 
 
@@ -43,7 +45,7 @@ def default_wandb_mode() -> None:
 
 def redact(value, key: str = ""):
     """Copy of a config with secret-looking keys blanked, so keys and tokens never reach logs or checkpoints."""
-    if any(marker in key.lower() for marker in SECRET_MARKERS) and value not in (None, ""):
+    if isinstance(value, str) and value and SECRET_KEY.search(key):
         return "<redacted>"
     if isinstance(value, Namespace):
         return Namespace(**{k: redact(v, k) for k, v in vars(value).items()})
@@ -56,10 +58,8 @@ def redact(value, key: str = ""):
 
 def flat_config(config: Namespace) -> dict:
     """Dotted keys (``model.init_args.learning_rate``) so W&B's table and parallel-coordinates plots can use them."""
-    flat = {}
-    for key, value in config.items(branches=False) if isinstance(config, Namespace) else ():
-        flat[key] = value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
-    return flat
+    plain = (int, float, str, bool, type(None))
+    return {key: value if isinstance(value, plain) else str(value) for key, value in config.items(branches=False)}
 
 
 class RunConfig(SaveConfigCallback):
@@ -110,8 +110,6 @@ class LitFinetuneCLI(LightningCLI):
             loggers.insert(0, csv_logger)
             trainer.logger = loggers
         for logger in loggers:
-            if not isinstance(logger, Namespace):
-                continue
             if logger.init_args.get("save_dir") in (None, "."):
                 logger.init_args.save_dir = run_dir
             if logger.class_path.endswith("WandbLogger") and not logger.init_args.get("name"):
@@ -137,10 +135,11 @@ class LitFinetuneCLI(LightningCLI):
                 lines.append(f"Metrics per epoch (CSV): {Path(logger.log_dir) / 'metrics.csv'}")
             if isinstance(logger, WandbLogger):
                 run = logger.experiment
-                if getattr(run, "settings", None) is not None and run.settings.mode == "offline":
+                mode = getattr(getattr(run, "settings", None), "mode", "disabled")
+                if mode == "offline":
                     lines.append(f"W&B run (offline): {Path(run.dir).parent}  -> upload with `wandb sync "
                                  f"{Path(run.dir).parent}`")
-                else:
+                elif mode != "disabled":
                     lines.append(f"W&B run: {run.url}")
         print("\n".join(lines), flush=True)
 

@@ -116,10 +116,11 @@ def test_secrets_never_reach_run_files(tmp_path, tiny_data, monkeypatch):
 
 def test_redact_blanks_secret_looking_keys():
     config = Namespace(trainer=Namespace(logger=[Namespace(init_args=Namespace(api_key="k", project="p"))]),
-                       data=Namespace(hub_token="t", max_length=8))
+                       data=Namespace(hub_token="t", max_length=8, max_tokens=512, tokenizer_name="x"))
     redacted = cli.redact(config)
     assert redacted.trainer.logger[0].init_args.api_key == "<redacted>" and redacted.data.hub_token == "<redacted>"
     assert redacted.trainer.logger[0].init_args.project == "p" and redacted.data.max_length == 8
+    assert redacted.data.max_tokens == 512 and redacted.data.tokenizer_name == "x"
     assert config.data.hub_token == "t"  # the live config is untouched
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import shutil
 from pathlib import Path
@@ -26,8 +25,6 @@ from lit_finetune import backbones
 from lit_finetune.data import readers
 from lit_finetune.errors import ConfigError, DataError
 
-log = logging.getLogger(__name__)
-SPLITS = ("train", "validation", "test", "predict")
 CACHE_VERSION = 1
 
 

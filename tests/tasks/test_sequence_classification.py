@@ -88,7 +88,7 @@ def test_predict_writes_ids_labels_and_probabilities(tmp_path, tiny_data):
     run("fit", *tiny_args(tiny_data, run_dir))
     predict_dir = tmp_path / "predict"
     out = predict_dir / "predictions.csv"
-    run("predict", *tiny_args(tiny_data, predict_dir, f"--trainer.callbacks+=lit_finetune.training.callbacks.PredictionWriter",
+    run("predict", *tiny_args(tiny_data, predict_dir, "--trainer.callbacks+=lit_finetune.training.callbacks.PredictionWriter",
                               f"--trainer.callbacks.output_file={out}"),
         "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt"))
     rows = list(csv.DictReader(out.open()))

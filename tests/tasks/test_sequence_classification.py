@@ -101,6 +101,14 @@ def test_predict_writes_ids_labels_and_probabilities(tmp_path, tiny_data):
     assert [r["label"] for r in jsonl] == [r["label"] for r in rows]
 
 
+def test_test_subcommand_reports_test_metrics(tmp_path, tiny_data):
+    run_dir = tmp_path / "run"
+    run("fit", *tiny_args(tiny_data, run_dir, "--trainer.max_epochs=8"))
+    cli = run("test", *tiny_args(tiny_data, tmp_path / "test"), "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt"))
+    metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
+    assert {"test/acc", "test/f1", "test/mcc", "test/loss"} <= set(metrics) and metrics["test/acc"] == 1.0
+
+
 def test_regression_logs_correlations(tmp_path):
     rows = [{"id": str(i), "text": "good " * (i % 5 + 1), "label": float(i % 5)} for i in range(48)]
     data = {"train": write_rows(tmp_path / "train.csv", rows), "validation": write_rows(tmp_path / "val.csv", rows[:16])}

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from jsonargparse import CLI, Namespace
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
@@ -57,9 +58,17 @@ def redact(value, key: str = ""):
 
 
 def flat_config(config: Namespace) -> dict:
-    """Dotted keys (``model.init_args.learning_rate``) so W&B's table and parallel-coordinates plots can use them."""
+    """Dotted keys as the CLI and sweep files write them (``model.learning_rate``, without ``init_args``), so W&B's
+    table and parallel-coordinates plots line up with the sweep parameters."""
     plain = (int, float, str, bool, type(None))
-    return {key: value if isinstance(value, plain) else str(value) for key, value in config.items(branches=False)}
+    return {key.replace(".init_args.", "."): value if isinstance(value, plain) else str(value)
+            for key, value in config.items(branches=False)}
+
+
+def previous_wandb_run_id(run_dir: str) -> str | None:
+    """The W&B run id of the run that last wrote this folder (wandb/latest-run -> [offline-]run-<time>-<id>)."""
+    latest = Path(run_dir) / "wandb" / "latest-run"
+    return latest.resolve().name.rsplit("-", 1)[-1] if latest.exists() else None
 
 
 class RunConfig(SaveConfigCallback):
@@ -70,9 +79,13 @@ class RunConfig(SaveConfigCallback):
         super().__init__(parser, redact(config), *args, **kwargs)
 
     def save_config(self, trainer, pl_module, stage: str) -> None:
+        monitored = {cb.monitor: cb.mode for cb in trainer.callbacks
+                     if isinstance(cb, (ModelCheckpoint, EarlyStopping)) and cb.monitor}
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.experiment.config.update(flat_config(self.config), allow_val_change=True)
+                for metric, mode in monitored.items():  # the run summary shows the best value, not the last
+                    logger.experiment.define_metric(metric, summary=mode)
 
 
 class LitFinetuneCLI(LightningCLI):
@@ -112,8 +125,12 @@ class LitFinetuneCLI(LightningCLI):
         for logger in loggers:
             if logger.init_args.get("save_dir") in (None, "."):
                 logger.init_args.save_dir = run_dir
-            if logger.class_path.endswith("WandbLogger") and not logger.init_args.get("name"):
-                logger.init_args.name = Path(run_dir).name
+            if logger.class_path.endswith("WandbLogger"):
+                logger.init_args.name = logger.init_args.get("name") or Path(run_dir).name
+                if resuming and not logger.init_args.get("id") and previous_wandb_run_id(run_dir):
+                    # Resuming in the same folder continues the same W&B run.
+                    logger.init_args.id = previous_wandb_run_id(run_dir)
+                    logger.init_args.resume = "allow"
         if resuming or self.subcommand != "fit":
             self.save_config_kwargs["overwrite"] = True  # resuming, or evaluating into the run's own folder
 

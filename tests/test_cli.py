@@ -140,3 +140,34 @@ def test_wandb_goes_offline_without_credentials_and_respects_wandb_mode(monkeypa
     (tmp_path / ".netrc").chmod(0o600)
     cli.default_wandb_mode()
     assert "WANDB_MODE" not in cli.os.environ
+
+
+def test_wandb_run_gets_sweep_style_keys_and_best_values(tmp_path, tiny_data):
+    """Config keys match the sweep files' (model.learning_rate); the summary keeps each monitored metric's best."""
+    early_stop_on_noisy_loss = ('--trainer.callbacks+={"class_path": "EarlyStopping", "init_args": '
+                                '{"monitor": "train/loss_step", "mode": "min", "patience": 100}}')
+    run_dir = tmp_path / "run"
+    LitFinetuneCLI(args=["fit", *tiny_args(tiny_data, run_dir, "--trainer.log_every_n_steps=1",
+                                           early_stop_on_noisy_loss)])
+    run = wandb.run
+    assert run.config["model.learning_rate"] == 3e-3 and run.config["data.batch_size"] == 8
+    losses = [float(r["train/loss_step"]) for r in csv.DictReader((run_dir / "metrics.csv").open())
+              if r["train/loss_step"]]
+    assert dict(run.summary["train/loss_step"]) == {"min": pytest.approx(min(losses))} and min(losses) != losses[-1]
+    assert dict(run.summary["val/acc"]) == {"max": pytest.approx(max(epoch_values(run_dir, "val/acc")))}
+
+
+def test_resuming_in_the_run_folder_continues_the_wandb_run(tmp_path, tiny_data):
+    run_dir = tmp_path / "run"
+    LitFinetuneCLI(args=["fit", *tiny_args(tiny_data, run_dir, "--trainer.max_epochs=1")])
+    first_id = wandb.run.id
+    wandb.finish()
+    LitFinetuneCLI(args=["fit", *tiny_args(tiny_data, run_dir, "--trainer.max_epochs=2"),
+                         "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt")])
+    assert wandb.run.id == first_id
+    wandb.finish()
+    assert len({p.name.rsplit("-", 1)[-1] for p in (run_dir / "wandb").glob("offline-run-*")}) == 1
+
+
+def epoch_values(run_dir: Path, key: str) -> list[float]:
+    return [float(r[key]) for r in csv.DictReader((run_dir / "metrics.csv").open()) if r.get(key)]

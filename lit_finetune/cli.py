@@ -6,10 +6,12 @@ metrics.csv, checkpoints/, export/, predictions and the W&B run.
 
 from __future__ import annotations
 
+import json
 import netrc
 import os
 import re
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -26,7 +28,7 @@ from lit_finetune.training.export import export_checkpoint
 
 # Key names that hold credentials (api_key, hub_token, client_secret, ...), not knobs like max_tokens.
 SECRET_KEY = re.compile(r"(^|_)(api_?key|token|secret|password|passwd)$", re.IGNORECASE)
-EXTRA_COMMANDS = {"export": export_checkpoint}
+EXTRA_COMMANDS = {"export": export_checkpoint}  # plus `compare`, which takes positional run folders (see main)
 
 
 def wandb_has_credentials() -> bool:
@@ -69,6 +71,18 @@ def previous_wandb_run_id(run_dir: str) -> str | None:
     """The W&B run id of the run that last wrote this folder (wandb/latest-run -> [offline-]run-<time>-<id>)."""
     latest = Path(run_dir) / "wandb" / "latest-run"
     return latest.resolve().name.rsplit("-", 1)[-1] if latest.exists() else None
+
+
+def write_run_record(trainer, started: float) -> None:
+    """run.json: how the run ended, how long it took and its best monitored value, for `lit-finetune compare`."""
+    checkpoint = trainer.checkpoint_callback
+    record = {"status": "interrupted" if trainer.interrupted else "finished",
+              "started": datetime.fromtimestamp(started).isoformat(timespec="seconds"),
+              "wall_s": round(time.time() - started, 1), "global_step": trainer.global_step}
+    if checkpoint is not None and checkpoint.monitor and checkpoint.best_model_score is not None:
+        record["best"] = {"metric": checkpoint.monitor, "mode": checkpoint.mode,
+                          "value": float(checkpoint.best_model_score), "checkpoint": checkpoint.best_model_path}
+    (Path(trainer.default_root_dir) / "run.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
 class RunConfig(SaveConfigCallback):
@@ -134,10 +148,14 @@ class LitFinetuneCLI(LightningCLI):
         if resuming or self.subcommand != "fit":
             self.save_config_kwargs["overwrite"] = True  # resuming, or evaluating into the run's own folder
 
+    def before_fit(self) -> None:
+        self.started = time.time()
+
     def after_fit(self) -> None:
         trainer = self.trainer
         if not trainer.is_global_zero:
             return
+        write_run_record(trainer, self.started)
         lines = ["", f"Run folder: {trainer.default_root_dir}"]
         val = {k: float(v) for k, v in sorted(trainer.callback_metrics.items()) if k.startswith("val/")}
         if val:
@@ -166,7 +184,11 @@ def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else args
     default_wandb_mode()
     try:
-        if argv and argv[0] in EXTRA_COMMANDS:
+        if argv and argv[0] == "compare":
+            from lit_finetune.compare import main as compare
+
+            compare(argv[1:])
+        elif argv and argv[0] in EXTRA_COMMANDS:
             CLI(EXTRA_COMMANDS[argv[0]], args=argv[1:], as_positional=False, prog=f"lit-finetune {argv[0]}")
         else:
             LitFinetuneCLI(args=args)

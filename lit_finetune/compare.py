@@ -1,0 +1,175 @@
+"""`lit-finetune compare`: compare runs from their local records (config.yaml, metrics.csv, run.json), no W&B needed.
+
+Prints a table sorted by a metric (with the hyperparameters that differ between runs), and writes a PNG with each
+run's validation curve and each varied hyperparameter against the metric; optionally the table as CSV / markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from lit_finetune.errors import ConfigError
+
+# Keys that differ between any two runs without being hyperparameters.
+NOT_HYPERPARAMETERS = ("trainer.default_root_dir", "trainer.logger", "trainer.callbacks", "config", "ckpt_path")
+
+
+def flatten(tree, prefix: str = "") -> dict:
+    """Nested config -> dotted keys as on the command line (``model.learning_rate``, no ``init_args``)."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat = {}
+    for key, value in tree.items():
+        path = prefix if key == "init_args" else f"{prefix}.{key}" if prefix else key
+        flat.update(flatten(value, path))
+    return flat
+
+
+@dataclass
+class Run:
+    folder: Path
+    config: dict
+    history: list[dict]
+    record: dict
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    @property
+    def status(self) -> str:
+        return self.record.get("status") or ("incomplete" if self.history else "no metrics")
+
+    def curve(self, metric: str) -> list[tuple[int, float]]:
+        """(epoch, value) of every logged value of `metric`."""
+        return [(int(row["epoch"]), float(row[metric])) for row in self.history if row.get(metric)]
+
+    @classmethod
+    def read(cls, folder: str | Path) -> "Run":
+        folder = Path(folder)
+        if not (folder / "config.yaml").is_file():
+            raise ConfigError(f"compare: {folder} is not a run folder (no config.yaml)")
+        metrics = folder / "metrics.csv"
+        history = list(csv.DictReader(metrics.open())) if metrics.is_file() else []
+        record = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {}
+        return cls(folder, flatten(yaml.safe_load((folder / "config.yaml").read_text()) or {}), history, record)
+
+
+def varied_keys(runs: list[Run]) -> list[str]:
+    """Hyperparameters whose values are not the same in every run."""
+    keys = sorted({k for run in runs for k in run.config if not k.startswith(NOT_HYPERPARAMETERS)})
+    return [k for k in keys if len({json.dumps(run.config.get(k), default=str) for run in runs}) > 1]
+
+
+def summarize(runs: list[Run], metric: str, goal: str) -> list[dict]:
+    """One row per run: name, varied hyperparameters, best and last metric, epoch of the best, wall time, status."""
+    pick = max if goal == "maximize" else min
+    varied = varied_keys(runs)
+    rows = []
+    for run in runs:
+        curve = run.curve(metric)
+        best_epoch, best = pick(curve, key=lambda point: point[1]) if curve else (None, None)
+        rows.append({"run": run.name, **{k: run.config.get(k) for k in varied}, f"best {metric}": best,
+                     f"last {metric}": curve[-1][1] if curve else None, "best epoch": best_epoch,
+                     "wall s": run.record.get("wall_s"), "status": run.status})
+    missing = float("-inf") if goal == "maximize" else float("inf")
+    rows.sort(key=lambda row: row[f"best {metric}"] if row[f"best {metric}"] is not None else missing,
+              reverse=goal == "maximize")
+    return rows
+
+
+def cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else str(value)
+
+
+def as_text(rows: list[dict]) -> str:
+    header = list(rows[0])
+    table = [header] + [[cell(row[k]) for k in header] for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths)) for line in table)
+
+
+def as_markdown(rows: list[dict]) -> str:
+    header = list(rows[0])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(cell(row[k]) for k in header) + " |" for row in rows]) + "\n"
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot(runs: list[Run], rows: list[dict], metric: str, path: Path) -> None:
+    """Left: the metric per epoch for every run; then one panel per varied hyperparameter against the best value."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+
+    varied = [k for k in rows[0] if k in varied_keys(runs)]
+    fig, axes = plt.subplots(1, 1 + len(varied), figsize=(5 * (1 + len(varied)), 4), squeeze=False)
+    curves = axes[0][0]
+    for run in runs:
+        points = run.curve(metric)
+        if points:
+            curves.plot([e for e, _ in points], [v for _, v in points], marker="o", label=run.name)
+    curves.set(title=f"{metric} per epoch", xlabel="epoch", ylabel=metric)
+    curves.xaxis.get_major_locator().set_params(integer=True)
+    curves.legend(fontsize="small")
+    best = f"best {metric}"
+    for ax, key in zip(axes[0][1:], varied):
+        points = [(row[key], row[best]) for row in rows if row[best] is not None]
+        numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x, _ in points)
+        labels = sorted({str(x) for x, _ in points})
+        xs = [x if numeric else labels.index(str(x)) for x, _ in points]
+        ax.scatter(xs, [y for _, y in points])
+        if not numeric:
+            ax.set_xticks(range(len(labels)), labels)
+        elif min(xs) > 0 and max(xs) / min(xs) >= 10:
+            ax.set_xscale("log")
+        ax.set(title=f"{key} vs {best}", xlabel=key, ylabel=best)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str]) -> list[dict]:
+    parser = argparse.ArgumentParser(prog="lit-finetune compare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="*", help="run folders (each with config.yaml and metrics.csv)")
+    parser.add_argument("--sweep", help="a folder whose subfolders are runs (e.g. a sweep's trials)")
+    parser.add_argument("--metric", default="val/acc", help="metric to sort and plot by (default val/acc)")
+    parser.add_argument("--goal", choices=("maximize", "minimize"), default="maximize")
+    parser.add_argument("--plot", help="PNG to write (default compare.png in the sweep folder or here)")
+    parser.add_argument("--csv", help="also write the table as CSV")
+    parser.add_argument("--markdown", help="also write the table as markdown")
+    args = parser.parse_args(argv)
+    folders = [Path(f) for f in args.runs]
+    if args.sweep:
+        folders += sorted(p.parent for p in Path(args.sweep).glob("*/config.yaml"))
+    if not folders:
+        raise ConfigError("compare: give run folders, or --sweep with a folder of runs")
+    runs = [Run.read(folder) for folder in folders]
+    rows = summarize(runs, args.metric, args.goal)
+    if all(row[f"best {args.metric}"] is None for row in rows):
+        raise ConfigError(f"compare: no run logged {args.metric!r}; choose --metric from their metrics.csv columns")
+    print(as_text(rows))
+    plot_path = Path(args.plot or Path(args.sweep or ".") / "compare.png")
+    plot(runs, rows, args.metric, plot_path)
+    print(f"\nPlot: {plot_path}")
+    if args.csv:
+        write_csv(rows, Path(args.csv))
+    if args.markdown:
+        Path(args.markdown).write_text(as_markdown(rows), encoding="utf-8")
+    return rows

@@ -75,12 +75,19 @@ def load_tokenizer(model_name_or_path: str, trust_remote_code: bool = False) -> 
     return tokenizer
 
 
-def load_model(model_name_or_path: str, auto_class, trust_remote_code: bool = False, **config_overrides) -> PreTrainedModel:
-    """Pretrained weights through `auto_class` (e.g. AutoModelForSequenceClassification), or a random tiny model."""
+def load_model(model_name_or_path: str, auto_class, trust_remote_code: bool = False, pretrained: bool = True,
+               **config_overrides) -> PreTrainedModel:
+    """Pretrained weights through `auto_class` (e.g. AutoModelForSequenceClassification), or a random tiny model.
+
+    `pretrained=False` builds the architecture only, for weights that come from a checkpoint right after.
+    """
     source = resolve(model_name_or_path)
     if source.startswith(TINY_PREFIX):
         vocab_size = len(load_tokenizer(model_name_or_path))
         config = AutoConfig.for_model(source[len(TINY_PREFIX):], vocab_size=vocab_size,
                                       **{**TINY_SIZE, **config_overrides})
         return auto_class.from_config(config)
+    if not pretrained:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, **config_overrides)
+        return auto_class.from_config(config, trust_remote_code=trust_remote_code)
     return auto_class.from_pretrained(source, trust_remote_code=trust_remote_code, **config_overrides)

@@ -141,9 +141,10 @@ class LitFinetuneCLI(LightningCLI):
                 logger.init_args.save_dir = run_dir
             if logger.class_path.endswith("WandbLogger"):
                 logger.init_args.name = logger.init_args.get("name") or Path(run_dir).name
-                if resuming and not logger.init_args.get("id") and previous_wandb_run_id(run_dir):
+                previous_id = previous_wandb_run_id(run_dir) if resuming else None
+                if previous_id and not logger.init_args.get("id"):
                     # Resuming in the same folder continues the same W&B run.
-                    logger.init_args.id = previous_wandb_run_id(run_dir)
+                    logger.init_args.id = previous_id
                     logger.init_args.resume = "allow"
         if resuming or self.subcommand != "fit":
             self.save_config_kwargs["overwrite"] = True  # resuming, or evaluating into the run's own folder

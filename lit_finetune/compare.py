@@ -110,14 +110,13 @@ def write_csv(rows: list[dict], path: Path) -> None:
         writer.writerows(rows)
 
 
-def plot(runs: list[Run], rows: list[dict], metric: str, path: Path) -> None:
+def plot(runs: list[Run], rows: list[dict], varied: list[str], metric: str, path: Path) -> None:
     """Left: the metric per epoch for every run; then one panel per varied hyperparameter against the best value."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display needed
     import matplotlib.pyplot as plt
 
-    varied = [k for k in rows[0] if k in varied_keys(runs)]
     fig, axes = plt.subplots(1, 1 + len(varied), figsize=(5 * (1 + len(varied)), 4), squeeze=False)
     curves = axes[0][0]
     for run in runs:
@@ -166,7 +165,7 @@ def main(argv: list[str]) -> list[dict]:
         raise ConfigError(f"compare: no run logged {args.metric!r}; choose --metric from their metrics.csv columns")
     print(as_text(rows))
     plot_path = Path(args.plot or Path(args.sweep or ".") / "compare.png")
-    plot(runs, rows, args.metric, plot_path)
+    plot(runs, rows, varied_keys(runs), args.metric, plot_path)
     print(f"\nPlot: {plot_path}")
     if args.csv:
         write_csv(rows, Path(args.csv))

@@ -67,3 +67,13 @@ def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None, check: bool =
         raise AssertionError(f"lit-finetune {' '.join(args)} failed ({result.returncode}):\n"
                              f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
     return result
+
+
+def metrics_rows(run_dir: Path) -> list[dict]:
+    """The rows of a run's metrics.csv."""
+    return list(csv.DictReader((run_dir / "metrics.csv").open()))
+
+
+def logged_values(run_dir: Path, key: str) -> list[float]:
+    """Every value logged for `key`, in order."""
+    return [float(r[key]) for r in metrics_rows(run_dir) if r.get(key)]

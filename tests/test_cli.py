@@ -1,6 +1,5 @@
 """The `lit-finetune` command as users run it: shipped configs, help, errors, and a whole fit/predict/export cycle."""
 
-import csv
 import json
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from lightning.pytorch.loggers import WandbLogger
 from transformers import pipeline
 
-from helpers import REPO, run_cli, tiny_args
+from helpers import REPO, logged_values, metrics_rows, run_cli, tiny_args
 from lit_finetune import cli
 from lit_finetune.cli import LitFinetuneCLI
 from lit_finetune.errors import ConfigError
@@ -99,8 +98,7 @@ def test_resuming_into_the_run_folder_keeps_its_metrics(tmp_path, tiny_data):
     LitFinetuneCLI(args=["fit", *tiny_args(tiny_data, run_dir, "--trainer.max_epochs=1")])
     LitFinetuneCLI(args=["fit", *tiny_args(tiny_data, run_dir, "--trainer.max_epochs=2"),
                          "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt")])
-    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
-    assert sorted({r["epoch"] for r in rows if r["val/acc"]}) == ["0", "1"]
+    assert sorted({r["epoch"] for r in metrics_rows(run_dir) if r["val/acc"]}) == ["0", "1"]
 
 
 def test_secrets_never_reach_run_files(tmp_path, tiny_data, monkeypatch):
@@ -151,10 +149,9 @@ def test_wandb_run_gets_sweep_style_keys_and_best_values(tmp_path, tiny_data):
                                            early_stop_on_noisy_loss)])
     run = wandb.run
     assert run.config["model.learning_rate"] == 3e-3 and run.config["data.batch_size"] == 8
-    losses = [float(r["train/loss_step"]) for r in csv.DictReader((run_dir / "metrics.csv").open())
-              if r["train/loss_step"]]
+    losses = logged_values(run_dir, "train/loss_step")
     assert dict(run.summary["train/loss_step"]) == {"min": pytest.approx(min(losses))} and min(losses) != losses[-1]
-    assert dict(run.summary["val/acc"]) == {"max": pytest.approx(max(epoch_values(run_dir, "val/acc")))}
+    assert dict(run.summary["val/acc"]) == {"max": pytest.approx(max(logged_values(run_dir, "val/acc")))}
 
 
 def test_resuming_in_the_run_folder_continues_the_wandb_run(tmp_path, tiny_data):
@@ -167,7 +164,3 @@ def test_resuming_in_the_run_folder_continues_the_wandb_run(tmp_path, tiny_data)
     assert wandb.run.id == first_id
     wandb.finish()
     assert len({p.name.rsplit("-", 1)[-1] for p in (run_dir / "wandb").glob("offline-run-*")}) == 1
-
-
-def epoch_values(run_dir: Path, key: str) -> list[float]:
-    return [float(r[key]) for r in csv.DictReader((run_dir / "metrics.csv").open()) if r.get(key)]

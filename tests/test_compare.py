@@ -4,7 +4,7 @@ import csv
 
 import pytest
 
-from helpers import run_cli, tiny_args
+from helpers import logged_values, run_cli, tiny_args
 from lit_finetune import compare
 from lit_finetune.cli import LitFinetuneCLI
 from lit_finetune.errors import ConfigError
@@ -30,8 +30,7 @@ def test_table_plot_and_files(sweep_dir, tmp_path, capsys):
     assert {row["model.learning_rate"] for row in rows} == {1e-5, 3e-3, 1e-2}
     assert all(row["status"] == "finished" and row["wall s"] > 0 and 0 <= row["best epoch"] < 8 for row in rows)
     for row in rows:
-        history = [float(r["val/acc"]) for r in csv.DictReader((sweep_dir / row["run"] / "metrics.csv").open())
-                   if r["val/acc"]]
+        history = logged_values(sweep_dir / row["run"], "val/acc")
         assert row["best val/acc"] == max(history) and row["last val/acc"] == history[-1]
     png = (sweep_dir / "compare.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000

@@ -1,11 +1,10 @@
 """`fit` under DDP with 2 CPU processes (gloo): data tokenized once, metrics synced, checkpoint loadable."""
 
-import csv
 import json
 
 import pytest
 
-from helpers import run_cli, tiny_args
+from helpers import metrics_rows, run_cli, tiny_args
 from lit_finetune.cli import LitFinetuneCLI
 
 
@@ -21,8 +20,7 @@ def test_ddp_fit_tokenizes_once_syncs_metrics_and_checkpoints(tmp_path, tiny_dat
     assert json.loads(cached.read_text())["tokenized_by_rank"] == 0
 
     # Each rank saw half of the 32 validation rows; the logged values must be those of all 32.
-    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
-    ddp_val = {k: float(v) for row in rows for k, v in row.items() if k in ("val/loss", "val/acc") and v}
+    ddp_val = {k: float(v) for row in metrics_rows(run_dir) for k, v in row.items() if k in ("val/loss", "val/acc") and v}
     single = LitFinetuneCLI(args=["validate", *tiny_args(tiny_data, tmp_path / "single"),
                                   "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt")])
     single_val = {k: float(v) for k, v in single.trainer.callback_metrics.items() if k in ddp_val}

@@ -47,6 +47,7 @@ class TaskModule(pl.LightningModule):
         self.save_hyperparameters()
         self.model: PreTrainedModel | None = None
         self.tokenizer = None
+        self.pretrained_weights = True  # False when a checkpoint supplies the weights (no need to read them twice)
 
     def build_model(self) -> PreTrainedModel:
         """The Hugging Face model for this task; called once, when the Trainer (or a checkpoint) needs it."""
@@ -103,6 +104,7 @@ class TaskModule(pl.LightningModule):
         cls = getattr(importlib.import_module(module_name), class_name)
         hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
         module = cls(**hparams)
+        module.pretrained_weights = False
         module.on_load_checkpoint(checkpoint)
         module.load_state_dict(checkpoint["state_dict"])
         return module

@@ -81,7 +81,7 @@ class SequenceClassificationModule(TaskModule):
             setattr(self, f"{split}_metrics", split_metrics(self.num_labels).clone(prefix=f"{split}/"))
         self.best = torchmetrics.MaxMetric()  # both accuracy and Spearman: higher is better
         return backbones.load_model(h.model_name_or_path, AutoModelForSequenceClassification,
-                                    h.trust_remote_code, **overrides)
+                                    h.trust_remote_code, pretrained=self.pretrained_weights, **overrides)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)

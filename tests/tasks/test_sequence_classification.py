@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch import Callback
 from transformers import pipeline
 
-from helpers import tiny_args, write_rows
+from helpers import logged_values, metrics_rows, tiny_args, write_rows
 from lit_finetune.cli import LitFinetuneCLI
 from lit_finetune.errors import ConfigError
 from lit_finetune.tasks import SequenceClassificationModule
@@ -19,20 +19,12 @@ def run(subcommand: str, *args: str) -> LitFinetuneCLI:
     return LitFinetuneCLI(args=[subcommand, *args])
 
 
-def metrics_rows(run_dir) -> list[dict]:
-    return list(csv.DictReader((run_dir / "metrics.csv").open()))
-
-
-def epoch_values(run_dir, key: str) -> list[float]:
-    return [float(r[key]) for r in metrics_rows(run_dir) if r.get(key)]
-
-
 def test_fit_learns_logs_named_metrics_and_exports(tmp_path, tiny_data):
     run_dir = tmp_path / "run"
     cli = run("fit", *tiny_args(tiny_data, run_dir, "--trainer.max_epochs=8"))
-    train_loss = epoch_values(run_dir, "train/loss_epoch")
+    train_loss = logged_values(run_dir, "train/loss_epoch")
     assert len(train_loss) == 8 and train_loss[-1] < 0.5 * train_loss[0]
-    assert epoch_values(run_dir, "val/acc")[-1] == 1.0
+    assert logged_values(run_dir, "val/acc")[-1] == 1.0
     assert {"val/f1", "val/mcc", "val/loss", "val/acc_best", "train/acc", "lr-AdamW/decay"} <= set(metrics_rows(run_dir)[0])
     assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
     classifier = pipeline("text-classification", model=str(run_dir / "export"))

@@ -68,9 +68,10 @@ def flat_config(config: Namespace) -> dict:
 
 
 def previous_wandb_run_id(run_dir: str) -> str | None:
-    """The W&B run id of the run that last wrote this folder (wandb/latest-run -> [offline-]run-<time>-<id>)."""
-    latest = Path(run_dir) / "wandb" / "latest-run"
-    return latest.resolve().name.rsplit("-", 1)[-1] if latest.exists() else None
+    """The W&B run id of the run that last wrote this folder: wandb/latest-run/run-<id>.wandb (the folder's own name
+    may carry a -N suffix when two starts fall in the same second)."""
+    files = sorted((Path(run_dir) / "wandb" / "latest-run").glob("run-*.wandb"))
+    return files[0].stem[len("run-"):] if files else None
 
 
 def write_run_record(trainer, started: float) -> None:

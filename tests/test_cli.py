@@ -163,4 +163,14 @@ def test_resuming_in_the_run_folder_continues_the_wandb_run(tmp_path, tiny_data)
                          "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt")])
     assert wandb.run.id == first_id
     wandb.finish()
-    assert len({p.name.rsplit("-", 1)[-1] for p in (run_dir / "wandb").glob("offline-run-*")}) == 1
+    # Each start writes offline-run-<time>-<id>[-N]/run-<id>.wandb; the id is the same in both.
+    assert {p.stem[len("run-"):] for p in (run_dir / "wandb").glob("offline-run-*/run-*.wandb")} == {first_id}
+
+
+def test_previous_wandb_run_id_ignores_same_second_folder_suffix(tmp_path):
+    run = tmp_path / "wandb" / "offline-run-20261122_193012-abc123-1"
+    run.mkdir(parents=True)
+    (run / "run-abc123.wandb").write_bytes(b"")
+    (tmp_path / "wandb" / "latest-run").symlink_to(run.name)
+    assert cli.previous_wandb_run_id(str(tmp_path)) == "abc123"
+    assert cli.previous_wandb_run_id(str(tmp_path / "elsewhere")) is None

@@ -23,12 +23,12 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from lit_finetune.errors import ConfigError, LitFinetuneError
 from lit_finetune.tasks import TaskModule
-from lit_finetune.training.callbacks import ExportBestModel
+from lit_finetune.training.callbacks import ExportBestModel, StopOnRequest
 from lit_finetune.training.export import export_checkpoint
 
 # Key names that hold credentials (api_key, hub_token, client_secret, ...), not knobs like max_tokens.
 SECRET_KEY = re.compile(r"(^|_)(api_?key|token|secret|password|passwd)$", re.IGNORECASE)
-EXTRA_COMMANDS = {"export": export_checkpoint}  # plus `compare`, which takes positional run folders (see main)
+EXTRA_COMMANDS = {"export": export_checkpoint}  # plus `compare` and `sweep`, which take positional paths (see main)
 
 
 def wandb_has_credentials() -> bool:
@@ -77,7 +77,8 @@ def previous_wandb_run_id(run_dir: str) -> str | None:
 def write_run_record(trainer, started: float) -> None:
     """run.json: how the run ended, how long it took and its best monitored value, for `lit-finetune compare`."""
     checkpoint = trainer.checkpoint_callback
-    record = {"status": "interrupted" if trainer.interrupted else "finished",
+    stopped = any(isinstance(cb, StopOnRequest) and cb.stopped for cb in trainer.callbacks)
+    record = {"status": "interrupted" if trainer.interrupted else "stopped" if stopped else "finished",
               "started": datetime.fromtimestamp(started).isoformat(timespec="seconds"),
               "wall_s": round(time.time() - started, 1), "global_step": trainer.global_step}
     if checkpoint is not None and checkpoint.monitor and checkpoint.best_model_score is not None:
@@ -142,6 +143,8 @@ class LitFinetuneCLI(LightningCLI):
                 logger.init_args.save_dir = run_dir
             if logger.class_path.endswith("WandbLogger"):
                 logger.init_args.name = logger.init_args.get("name") or Path(run_dir).name
+                if os.environ.get("WANDB_RUN_GROUP"):  # W&B's own variable, set e.g. by `lit-finetune sweep`
+                    logger.init_args.group = os.environ["WANDB_RUN_GROUP"]
                 previous_id = previous_wandb_run_id(run_dir) if resuming else None
                 if previous_id and not logger.init_args.get("id"):
                     # Resuming in the same folder continues the same W&B run.
@@ -190,6 +193,10 @@ def main(args: list[str] | None = None) -> None:
             from lit_finetune.compare import main as compare
 
             compare(argv[1:])
+        elif argv and argv[0] == "sweep":
+            from lit_finetune.sweep import main as sweep
+
+            sweep(argv[1:])
         elif argv and argv[0] in EXTRA_COMMANDS:
             CLI(EXTRA_COMMANDS[argv[0]], args=argv[1:], as_positional=False, prog=f"lit-finetune {argv[0]}")
         else:

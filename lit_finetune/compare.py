@@ -47,8 +47,13 @@ class Run:
         return self.record.get("status") or ("incomplete" if self.history else "no metrics")
 
     def curve(self, metric: str) -> list[tuple[int, float]]:
-        """(epoch, value) of every logged value of `metric`."""
-        return [(int(row["epoch"]), float(row[metric])) for row in self.history if row.get(metric)]
+        """(epoch, value) of every logged value of `metric`, one per step: a resumed run logs again the steps after
+        its last checkpoint, and the later value wins."""
+        points = {}
+        for row in self.history:
+            if row.get(metric):
+                points[row.get("step")] = (int(row["epoch"]), float(row[metric]))
+        return list(points.values())
 
     @classmethod
     def read(cls, folder: str | Path) -> "Run":

@@ -77,3 +77,28 @@ def metrics_rows(run_dir: Path) -> list[dict]:
 def logged_values(run_dir: Path, key: str) -> list[float]:
     """Every value logged for `key`, in order."""
     return [float(r[key]) for r in metrics_rows(run_dir) if r.get(key)]
+
+
+def wandb_records(run_dir: Path) -> list:
+    """The records of a run's offline W&B file, as `wandb sync` will upload them (a LevelDB-style log of protobufs:
+    32 KiB blocks of chunks, each with a 7-byte header: crc32, length, type)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = next((run_dir / "wandb").glob("*run-*/run-*.wandb")).read_bytes()
+    records, pos, pending = [], 7, b""  # the file opens with a 7-byte ":W&B" header
+    while pos + 7 <= len(data):
+        room = 32768 - pos % 32768
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7]) if room >= 7 else (0, 0, 0)
+        if kind == 0:  # block padding
+            pos += room
+            continue
+        pending += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a full record, or the last chunk of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records

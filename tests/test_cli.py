@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from lightning.pytorch.loggers import WandbLogger
 from transformers import pipeline
 
-from helpers import REPO, logged_values, metrics_rows, run_cli, tiny_args
+from helpers import wandb_records, REPO, logged_values, metrics_rows, run_cli, tiny_args
 from lit_finetune import cli
 from lit_finetune.cli import LitFinetuneCLI
 from lit_finetune.errors import ConfigError
@@ -152,6 +152,23 @@ def test_wandb_run_gets_sweep_style_keys_and_best_values(tmp_path, tiny_data):
     losses = logged_values(run_dir, "train/loss_step")
     assert dict(run.summary["train/loss_step"]) == {"min": pytest.approx(min(losses))} and min(losses) != losses[-1]
     assert dict(run.summary["val/acc"]) == {"max": pytest.approx(max(logged_values(run_dir, "val/acc")))}
+
+
+def test_log_model_logs_checkpoints_and_the_export_as_wandb_artifacts(tmp_path, tiny_data):
+    wandb_logger = tmp_path / "wandb_logger.yaml"
+    wandb_logger.write_text("trainer:\n  logger:\n    class_path: WandbLogger\n"
+                            "    init_args: {project: lit-finetune, log_model: true}\n")
+    run_dir = tmp_path / "run"
+    LitFinetuneCLI(args=["fit", *tiny_args(tiny_data, run_dir), "--config", str(wandb_logger)])
+    run_id = wandb.run.id
+    wandb.finish()
+    artifacts = [r.artifact for r in wandb_records(run_dir) if r.WhichOneof("record_type") == "artifact"]
+    by_name = {a.name: a for a in artifacts}
+    assert set(by_name) == {f"model-{run_id}", f"hf-model-{run_id}"} and {a.type for a in artifacts} == {"model"}
+    exported = {entry.path for entry in by_name[f"hf-model-{run_id}"].manifest.contents}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= exported
+    assert set(by_name[f"hf-model-{run_id}"].aliases) == {"latest", "best"}
+    assert {e.path for e in by_name[f"model-{run_id}"].manifest.contents} == {"model.ckpt"}
 
 
 def test_resuming_in_the_run_folder_continues_the_wandb_run(tmp_path, tiny_data):

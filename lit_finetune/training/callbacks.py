@@ -1,4 +1,4 @@
-"""Callbacks every run can use: write predictions to a file, export the best checkpoint at the end of fit."""
+"""Callbacks every run can use: write predictions, export the best checkpoint at the end of fit, stop on request."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
+from lightning.pytorch.loggers import WandbLogger
 
 from lit_finetune.training.export import export_checkpoint
 
@@ -58,7 +59,8 @@ class PredictionWriter(BasePredictionWriter):
 
 
 class ExportBestModel(pl.Callback):
-    """At the end of fit, export the best checkpoint (or the final weights) as a Hugging Face folder."""
+    """At the end of fit, export the best checkpoint (or the final weights) as a Hugging Face folder; with a W&B
+    logger whose ``log_model`` is on, the folder also becomes a W&B model artifact (next to the checkpoints)."""
 
     def __init__(self, output_dir: str | None = None):
         """
@@ -77,5 +79,49 @@ class ExportBestModel(pl.Callback):
                 export_checkpoint(best, str(output_dir))
             else:
                 pl_module.export(output_dir)
+            for logger in trainer.loggers:
+                if isinstance(logger, WandbLogger) and logger._log_model:  # Lightning keeps the flag private
+                    log_export_artifact(logger, output_dir, trainer.checkpoint_callback)
         trainer.strategy.barrier("export")
         self.exported_to = output_dir
+
+
+def log_export_artifact(logger: WandbLogger, folder: Path, checkpoint: ModelCheckpoint | None) -> None:
+    """The exported Hugging Face folder as a W&B ``model`` artifact, aliased ``best`` when it is the best checkpoint."""
+    import wandb
+
+    run = logger.experiment
+    metadata = {}
+    if isinstance(checkpoint, ModelCheckpoint) and checkpoint.best_model_score is not None:
+        metadata = {"monitor": checkpoint.monitor, "score": float(checkpoint.best_model_score),
+                    "checkpoint": Path(checkpoint.best_model_path).name}
+    artifact = wandb.Artifact(f"hf-model-{run.id}", type="model", metadata=metadata,
+                              description="lit_finetune export: loads with transformers' from_pretrained")
+    artifact.add_dir(str(folder))
+    run.log_artifact(artifact, aliases=["latest", "best"] if metadata else ["latest"])
+
+
+class StopOnRequest(pl.Callback):
+    """Ends fit cleanly (checkpoints, export and run record as usual) once a STOP file appears in the run folder:
+    how a sweep stops a trial early, and a way to end any run by hand (``touch <run folder>/STOP``)."""
+
+    def __init__(self, stop_file: str | None = None):
+        """
+        Args:
+            stop_file: File whose appearance ends training. Default: STOP in the run folder.
+        """
+        self.stop_file = stop_file
+        self.stopped = False
+
+    def check(self, trainer: pl.Trainer) -> None:
+        requested = Path(self.stop_file or Path(trainer.default_root_dir) / "STOP").exists()
+        if trainer.world_size > 1:  # every rank must stop at the same step
+            requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
+        if requested and not trainer.sanity_checking:
+            trainer.should_stop = self.stopped = True
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.check(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self.check(trainer)

@@ -83,9 +83,11 @@ def load_model(model_name_or_path: str, auto_class, trust_remote_code: bool = Fa
     """
     source = resolve(model_name_or_path)
     if source.startswith(TINY_PREFIX):
-        vocab_size = len(load_tokenizer(model_name_or_path))
-        config = AutoConfig.for_model(source[len(TINY_PREFIX):], vocab_size=vocab_size,
-                                      **{**TINY_SIZE, **config_overrides})
+        tokenizer = load_tokenizer(model_name_or_path)
+        # The borrowed vocabulary's own ids, not the model type's defaults (GPT-2's 50256 is outside it).
+        ids = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                   bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id)
+        config = AutoConfig.for_model(source[len(TINY_PREFIX):], **{**TINY_SIZE, **ids, **config_overrides})
         return auto_class.from_config(config)
     if not pretrained:
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, **config_overrides)

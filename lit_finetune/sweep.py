@@ -265,7 +265,7 @@ class LocalSweep:
         log_path = folder / "trial.log"
         trial.state, trial.attempts = "running", trial.attempts + 1
         self.state.save(self.state_path)
-        flags = " ".join(f"{k}={v}" for k, v in trial.params.items())
+        flags = " ".join(f"{k}={compare.cell(v)}" for k, v in trial.params.items())
         print(f"{trial.name}: {flags}  (log: {log_path})", flush=True)
         env = {**os.environ, "WANDB_RUN_GROUP": self.state.sweep_id}  # the trials' W&B group
         started, stop_requested = time.time(), False

@@ -39,6 +39,10 @@ def sweep_file(tmp_path, base_config, method: str, parameters: dict, **extra) ->
     return str(path)
 
 
+def read_yaml(path) -> dict:
+    return yaml.safe_load(sweep.Path(path).read_text())
+
+
 def state(sweep_dir) -> dict:
     return json.loads((sweep_dir / "sweep.json").read_text())
 
@@ -142,7 +146,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, b
     ({"command": ["lit-finetune", "fit", "--config", "nope.yaml", "${args}"]}, r"command: .* does not parse"),
 ])
 def test_bad_sweep_files_are_rejected_before_any_trial(change, message, tmp_path, base_config):
-    spec = yaml.safe_load(open(sweep_file(tmp_path, base_config, "random", {"model.learning_rate": {"value": 1e-3}})))
+    spec = read_yaml(sweep_file(tmp_path, base_config, "random", {"model.learning_rate": {"value": 1e-3}}))
     spec.update(change)
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -152,7 +156,7 @@ def test_bad_sweep_files_are_rejected_before_any_trial(change, message, tmp_path
 
 
 def test_metric_the_trials_never_log_stops_the_sweep(tmp_path, base_config):
-    spec = yaml.safe_load(open(sweep_file(tmp_path, base_config, "grid", {"model.learning_rate": {"values": [3e-3, 1e-3]}})))
+    spec = read_yaml(sweep_file(tmp_path, base_config, "grid", {"model.learning_rate": {"values": [3e-3, 1e-3]}}))
     spec["metric"]["name"] = "val/accuracy"
     path = tmp_path / "typo.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -166,7 +170,7 @@ def test_a_changed_sweep_file_does_not_resume_into_the_old_folder(tmp_path, base
     spec = sweep_file(tmp_path, base_config, "random", {"model.learning_rate": {"value": 1e-3}})
     sweep_dir = tmp_path / "sweep"
     sweep.LocalSweep(sweep.Path(spec), sweep_dir, [])
-    changed = yaml.safe_load(open(spec))
+    changed = read_yaml(spec)
     changed["parameters"]["model.learning_rate"]["value"] = 1e-4
     sweep.Path(spec).write_text(yaml.safe_dump(changed))
     with pytest.raises(ConfigError, match="started from a different sweep file"):

@@ -7,10 +7,7 @@ tokenizer makes them), ``labels`` (int class ids, or floats for regression; abse
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import shutil
 from pathlib import Path
 
 import datasets
@@ -22,15 +19,8 @@ from transformers import DataCollatorWithPadding
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from lit_finetune import backbones
-from lit_finetune.data import readers
+from lit_finetune.data import cache, readers
 from lit_finetune.errors import ConfigError, DataError
-
-CACHE_VERSION = 1
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("LIT_FINETUNE_CACHE", Path.home() / ".cache" / "lit_finetune"))
-
 
 class PaddingCollator:
     """Pads each batch to its own longest sequence (no fixed max-length padding) and passes example ids through."""
@@ -114,10 +104,9 @@ class TextClassificationDataModule(pl.LightningDataModule):
         if num_labels is not None and num_labels < 1:
             raise ConfigError(f"data.num_labels: got {num_labels}; expected 1 (regression) or the number of classes")
         self.eval_batch_size = eval_batch_size or 2 * batch_size
-        self.cache_root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        self.cache_root = Path(cache_dir).expanduser() if cache_dir else cache.default_cache_dir()
         self.tokenizer = backbones.load_tokenizer(model_name_or_path, trust_remote_code)
-        # Taken before first use: tokenizing with truncation changes the backend's serialized state.
-        self.tokenizer_fingerprint = hashlib.sha256(self.tokenizer.backend_tokenizer.to_str().encode()).hexdigest()
+        self.tokenizer_fingerprint = cache.tokenizer_fingerprint(self.tokenizer)
         self.splits: datasets.DatasetDict | None = None
         self.id2label: dict[int, str] | None = None
 
@@ -131,15 +120,12 @@ class TextClassificationDataModule(pl.LightningDataModule):
     def cache_path(self) -> Path:
         """Cache folder keyed by everything that changes the tokenized result, so edits to data or settings re-run."""
         h = self.hparams
-        sources = {split: (str(Path(p).resolve()), os.path.getsize(p), os.path.getmtime(p))
-                   for split, p in self.files.items() if os.path.exists(p)}
-        key = dict(version=CACHE_VERSION, sources=sources, dataset=(h.dataset_name, h.dataset_config),
+        key = dict(sources=cache.file_signatures(self.files), dataset=(h.dataset_name, h.dataset_config),
                    tokenizer=self.tokenizer_fingerprint,
                    columns=(h.text_column, h.text_pair_column, h.label_column, h.id_column),
                    labels=(h.num_labels, h.label_names), max_length=h.max_length,
                    holdout=(h.validation_fraction, h.seed), max_train_examples=h.max_train_examples)
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-        return self.cache_root / "classification" / digest
+        return cache.cache_path(self.cache_root, "classification", key)
 
     def read_raw(self) -> tuple[dict[str, datasets.Dataset], dict[str, str]]:
         """Raw splits and, for each, a source name used in error messages (the file path or the hub split)."""
@@ -303,12 +289,11 @@ class TextClassificationDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         """Read, check and tokenize every split once (local rank 0) into a cache folder that ``setup`` loads."""
         target = self.cache_path()
-        if (target / "meta.json").is_file():
+        if cache.is_cached(target):
             return
         splits, id2label = self.check_and_label()
         keep = {"input_ids", "attention_mask", "token_type_ids", "labels", "example_id", "length"}
         tokenized = datasets.DatasetDict({
-            # Our own cache replaces datasets' fingerprinting (which cannot hash a tokenizer-holding method).
             split: ds.map(self.tokenize, batched=True, desc=f"Tokenizing {split}", new_fingerprint=f"{target.name}-{split}",
                           remove_columns=[c for c in ds.column_names if c not in ("labels", "example_id")])
             for split, ds in splits.items()})
@@ -325,26 +310,13 @@ class TextClassificationDataModule(pl.LightningDataModule):
                                f"data.max_length={self.hparams.max_length} tokens.")
         meta = dict(id2label=id2label, truncated=truncated, sizes={s: len(d) for s, d in tokenized.items()},
                     tokenized_by_rank=int(os.environ.get("LOCAL_RANK", 0)), pid=os.getpid())
-        # Write to a temporary folder and rename, so a crash never leaves a half-written cache behind.
-        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tokenized.save_to_disk(str(tmp))
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            tmp.rename(target)
-        except OSError:  # another process finished first: its cache is identical
-            shutil.rmtree(tmp, ignore_errors=True)
+        cache.save(tokenized, meta, target)
         print(f"Tokenized {meta['sizes']} examples; cached in {target}", flush=True)
 
     def setup(self, stage: str | None = None) -> None:
-        target = self.cache_path()
-        if not (target / "meta.json").is_file():
-            raise RuntimeError(f"tokenized cache {target} is missing: prepare_data did not run on this node")
-        meta = json.loads((target / "meta.json").read_text())
+        self.splits, meta = cache.load(self.cache_path())
         self.meta = meta
         self.id2label = {int(k): v for k, v in meta["id2label"].items()} if meta["id2label"] else None
-        self.splits = datasets.load_from_disk(str(target))
         stage_needs = {"fit": ("train", "validation"), "validate": ("validation",), "test": ("test",)}
         for split in stage_needs.get(stage, ()):
             if split not in self.splits:

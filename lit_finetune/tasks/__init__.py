@@ -2,5 +2,6 @@
 
 from lit_finetune.tasks.base import TaskModule
 from lit_finetune.tasks.classification import SequenceClassificationModule
+from lit_finetune.tasks.pretraining import CausalLMModule, MaskedLMModule
 
-__all__ = ["TaskModule", "SequenceClassificationModule"]
+__all__ = ["CausalLMModule", "MaskedLMModule", "SequenceClassificationModule", "TaskModule"]

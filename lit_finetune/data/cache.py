@@ -1,0 +1,59 @@
+"""Tokenized datasets cached on disk: keyed by everything that changes the result, written once and atomically.
+
+Our own cache replaces `datasets`' fingerprinting, which cannot hash a method that holds a tokenizer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import datasets
+
+CACHE_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("LIT_FINETUNE_CACHE", Path.home() / ".cache" / "lit_finetune"))
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """Take it before first use: tokenizing with truncation changes the backend's serialized state."""
+    return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()
+
+
+def file_signatures(files: dict[str, str]) -> dict:
+    """Path, size and modification time of each local file, so an edited file is tokenized again."""
+    return {split: (str(Path(p).resolve()), os.path.getsize(p), os.path.getmtime(p))
+            for split, p in files.items() if os.path.exists(p)}
+
+
+def cache_path(root: Path, family: str, key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps({"version": CACHE_VERSION, **key}, sort_keys=True).encode()).hexdigest()
+    return root / family / digest[:16]
+
+
+def is_cached(target: Path) -> bool:
+    return (target / "meta.json").is_file()
+
+
+def save(splits: datasets.DatasetDict, meta: dict, target: Path) -> None:
+    """Write to a temporary folder and rename, so a crash never leaves a half-written cache behind."""
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    splits.save_to_disk(str(tmp))
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        tmp.rename(target)
+    except OSError:  # another process finished first: its cache is identical
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load(target: Path) -> tuple[datasets.DatasetDict, dict]:
+    if not is_cached(target):
+        raise RuntimeError(f"tokenized cache {target} is missing: prepare_data did not run on this node")
+    return datasets.load_from_disk(str(target)), json.loads((target / "meta.json").read_text())

@@ -1,0 +1,232 @@
+"""Raw-text corpora for pretraining: documents from the hub or local files, tokenized once and packed into blocks.
+
+Documents are joined with the tokenizer's separator (``[SEP]`` / end-of-text) and cut into blocks of ``max_length``
+tokens, each wrapped in the tokenizer's own special tokens (``[CLS] ... [SEP]`` for BERT), so no batch is padded.
+
+Batch contract: ``input_ids``, ``attention_mask``, ``special_tokens_mask`` (bool: never masked or replaced) and
+``word_starts`` (bool: the first token of each word, for whole-word masking).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+import datasets
+import lightning.pytorch as pl
+import torch
+from torch.nn.utils.rnn import pad_sequence
+from torch.utils.data import DataLoader
+
+from lit_finetune import backbones
+from lit_finetune.data import cache, readers
+from lit_finetune.errors import ConfigError, DataError
+
+TxtDocuments = Literal["line", "blank_line", "file"]
+
+
+def split_documents(text: str, documents: TxtDocuments) -> list[str]:
+    """A .txt file's documents: one per line, per blank-line-separated paragraph, or the whole file."""
+    if documents == "file":
+        parts = [text]
+    elif documents == "blank_line":
+        parts = re.split(r"\n\s*\n", text)
+    else:
+        parts = text.splitlines()
+    return [part.strip() for part in parts if part.strip()]
+
+
+class BlockCollator:
+    """Stacks blocks into a batch; only a split shorter than one block ever needs padding."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, blocks: list[dict]) -> dict:
+        def stack(key: str, pad) -> torch.Tensor:
+            return pad_sequence([torch.as_tensor(b[key]) for b in blocks], batch_first=True, padding_value=pad)
+
+        input_ids = stack("input_ids", self.pad_token_id)
+        lengths = torch.tensor([len(b["input_ids"]) for b in blocks])
+        attention_mask = (torch.arange(input_ids.shape[1])[None, :] < lengths[:, None]).long()
+        return {"input_ids": input_ids, "attention_mask": attention_mask,
+                "special_tokens_mask": stack("special_tokens_mask", 1).bool() | (attention_mask == 0),
+                "word_starts": stack("word_starts", 0).bool()}
+
+
+class CorpusDataModule(pl.LightningDataModule):
+    """Text for masked / causal / replaced-token pretraining, packed into fixed-length blocks.
+
+    Features: hub datasets or local .txt (documents by line, paragraph or file), .jsonl / .json / .parquet / .csv with
+    a text column; a seeded hold-out of documents when there is no validation data; tokenized once on local rank 0
+    into a cache keyed by data, tokenizer and settings.
+    Raises: DataError for a missing, empty or non-UTF-8 file or a missing column; ConfigError for bad settings.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str = "minilm",
+        dataset_name: str | None = None,
+        dataset_config: str | None = None,
+        train_file: str | None = None,
+        validation_file: str | None = None,
+        text_column: str = "text",
+        txt_documents: TxtDocuments = "line",
+        max_length: int = 128,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        validation_fraction: float = 0.05,
+        max_train_documents: int | None = None,
+        seed: int = 42,
+        num_workers: int = 0,
+        cache_dir: str | None = None,
+        trust_remote_code: bool = False,
+    ):
+        """
+        Args:
+            model_name_or_path: Backbone whose tokenizer is used (linked from the model's own setting).
+            dataset_name: Hub dataset id (e.g. ``Salesforce/wikitext``); leave unset to read local files.
+            dataset_config: Hub dataset configuration name (e.g. ``wikitext-2-raw-v1``).
+            train_file: Local training text: .txt, .jsonl, .json, .parquet, .csv or .tsv.
+            validation_file: Local validation text; without one, ``validation_fraction`` of the documents is held out.
+            text_column: Column holding the text (tabular files and hub datasets).
+            txt_documents: How a .txt file splits into documents: ``line``, ``blank_line`` (paragraphs) or ``file``.
+            max_length: Tokens per block, special tokens included.
+            batch_size: Blocks per training batch.
+            eval_batch_size: Blocks per validation batch (default: twice batch_size).
+            validation_fraction: Share of training documents held out when there is no validation data.
+            max_train_documents: Keep only the first N training documents (quick runs, fixed budgets).
+            seed: Seed for the validation hold-out.
+            num_workers: DataLoader worker processes.
+            cache_dir: Where tokenized blocks are cached; default ``$LIT_FINETUNE_CACHE`` or ~/.cache/lit_finetune.
+            trust_remote_code: Allow the tokenizer's own code from the hub to run.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.files = {split: path for split, path in (("train", train_file), ("validation", validation_file)) if path}
+        if not dataset_name and "train" not in self.files:
+            raise ConfigError("data: give either data.dataset_name (a hub dataset) or data.train_file (local text)")
+        self.tokenizer = backbones.load_tokenizer(model_name_or_path, trust_remote_code)
+        # The special tokens the tokenizer wraps a single sequence in ([CLS] ... [SEP] for BERT, often none for GPT).
+        body = self.tokenizer("a", add_special_tokens=False)["input_ids"]
+        wrapped = self.tokenizer("a")["input_ids"]
+        at = next(i for i in range(len(wrapped)) if wrapped[i:i + len(body)] == body)
+        self.block_prefix, self.block_suffix = wrapped[:at], wrapped[at + len(body):]
+        self.block_body = max_length - len(self.block_prefix) - len(self.block_suffix)
+        if self.block_body < 8:
+            raise ConfigError(f"data.max_length: {max_length} leaves {self.block_body} tokens per block after the "
+                              "special tokens; expected at least 8")
+        self.separator_id = self.tokenizer.sep_token_id if self.tokenizer.sep_token_id is not None \
+            else self.tokenizer.eos_token_id
+        self.eval_batch_size = eval_batch_size or 2 * batch_size
+        self.cache_root = Path(cache_dir).expanduser() if cache_dir else cache.default_cache_dir()
+        self.tokenizer_fingerprint = cache.tokenizer_fingerprint(self.tokenizer)
+        self.splits: datasets.DatasetDict | None = None
+
+    def cache_path(self) -> Path:
+        h = self.hparams
+        key = dict(sources=cache.file_signatures(self.files), dataset=(h.dataset_name, h.dataset_config),
+                   tokenizer=self.tokenizer_fingerprint, column=h.text_column, txt=h.txt_documents,
+                   max_length=h.max_length, holdout=(h.validation_fraction, h.seed), max_docs=h.max_train_documents)
+        return cache.cache_path(self.cache_root, "corpus", key)
+
+    # ----------------------------------------------------------------------------------------------------------- #
+    # Reading documents (rank 0 only, in prepare_data)
+
+    def read_documents(self, path: str, key: str) -> datasets.Dataset:
+        path = Path(path).expanduser()
+        if path.suffix == ".txt":
+            if not path.is_file():
+                raise DataError(f"{key}: file {path} does not exist")
+            readers.check_utf8(path)
+            docs = split_documents(path.read_text(encoding="utf-8"), self.hparams.txt_documents)
+            return datasets.Dataset.from_dict({"text": docs})
+        ds = readers.read_file(path, key)
+        readers.require_columns(ds, [self.hparams.text_column], str(path), {self.hparams.text_column: "data.text_column"})
+        return self.documents_of(ds)
+
+    def documents_of(self, ds: datasets.Dataset) -> datasets.Dataset:
+        """Rows of the text column as documents; empty rows (WikiText's blank lines) are skipped."""
+        texts = [t.strip() for t in readers.column(ds, self.hparams.text_column).to_pylist() if t and t.strip()]
+        return datasets.Dataset.from_dict({"text": texts})
+
+    def read_raw(self) -> dict[str, datasets.Dataset]:
+        h = self.hparams
+        raw: dict[str, datasets.Dataset] = {}
+        if h.dataset_name:
+            hub = readers.read_hub(h.dataset_name, h.dataset_config)
+            for split in ("train", "validation"):
+                if split in hub:
+                    readers.require_columns(hub[split], [h.text_column], f"{h.dataset_name} [{split}]",
+                                            {h.text_column: "data.text_column"})
+                    raw[split] = self.documents_of(hub[split])
+        for split, path in self.files.items():
+            raw[split] = self.read_documents(path, f"data.{split}_file")
+        for split, docs in raw.items():
+            if len(docs) == 0:
+                raise DataError(f"{self.files.get(split, h.dataset_name)}: the {split} split has no text")
+        if h.max_train_documents:
+            raw["train"] = raw["train"].select(range(min(h.max_train_documents, len(raw["train"]))))
+        if "validation" not in raw:
+            if not 0 < h.validation_fraction < 1 or len(raw["train"]) < 2:
+                raise ConfigError(f"data.validation_fraction: got {h.validation_fraction} with "
+                                  f"{len(raw['train'])} documents; give data.validation_file, or a fraction in (0, 1) "
+                                  "of at least 2 documents")
+            parts = raw["train"].train_test_split(test_size=h.validation_fraction, seed=h.seed)
+            raw["train"], raw["validation"] = parts["train"], parts["test"]
+        return raw
+
+    # ----------------------------------------------------------------------------------------------------------- #
+    # Tokenizing and packing
+
+    def pack(self, batch: dict) -> dict:
+        """Tokenize a batch of documents, join them with the separator and cut full blocks (the tail is dropped,
+        as in transformers' run_mlm / run_clm; a split shorter than one block keeps its only, short block)."""
+        enc = self.tokenizer(batch["text"], add_special_tokens=False)
+        ids, starts = [], []
+        for doc_ids, encoding in zip(enc["input_ids"], enc.encodings):
+            words = encoding.word_ids
+            ids += doc_ids + [self.separator_id]
+            starts += [i == 0 or words[i] != words[i - 1] for i in range(len(doc_ids))] + [False]
+        n, prefix, suffix = self.block_body, self.block_prefix, self.block_suffix
+        special = set(self.tokenizer.all_special_ids)
+        out = {"input_ids": [], "special_tokens_mask": [], "word_starts": []}
+        for b in range(max(len(ids) // n, 1)):
+            block = prefix + ids[b * n:(b + 1) * n] + suffix
+            out["input_ids"].append(block)
+            out["special_tokens_mask"].append([int(t in special) for t in block])
+            out["word_starts"].append([False] * len(prefix) + starts[b * n:(b + 1) * n] + [False] * len(suffix))
+        return out
+
+    def prepare_data(self) -> None:
+        """Read and pack every split once (local rank 0) into a cache folder that ``setup`` loads."""
+        target = self.cache_path()
+        if cache.is_cached(target):
+            return
+        raw = self.read_raw()
+        blocks = datasets.DatasetDict({
+            split: docs.map(self.pack, batched=True, batch_size=1000, remove_columns=["text"],
+                            desc=f"Packing {split}", new_fingerprint=f"{target.name}-{split}")
+            for split, docs in raw.items()})
+        meta = dict(documents={s: len(d) for s, d in raw.items()}, blocks={s: len(b) for s, b in blocks.items()},
+                    max_length=self.hparams.max_length, tokenized_by_rank=int(os.environ.get("LOCAL_RANK", 0)))
+        cache.save(blocks, meta, target)
+        print(f"Packed {meta['documents']} documents into {meta['blocks']} blocks of {self.hparams.max_length} "
+              f"tokens; cached in {target}", flush=True)
+
+    def setup(self, stage: str | None = None) -> None:
+        self.splits, self.meta = cache.load(self.cache_path())
+
+    def loader(self, split: str, train: bool = False) -> DataLoader:
+        return DataLoader(self.splits[split].with_format("numpy"), shuffle=train,
+                          batch_size=self.hparams.batch_size if train else self.eval_batch_size,
+                          collate_fn=BlockCollator(self.tokenizer.pad_token_id or 0),
+                          num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader("validation")

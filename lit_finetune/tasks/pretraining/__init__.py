@@ -1,0 +1,5 @@
+"""Pretraining objectives: each a task module over the corpus data module; their exports feed fine-tuning."""
+
+from lit_finetune.tasks.pretraining.language_modeling import CausalLMModule, MaskedLMModule
+
+__all__ = ["CausalLMModule", "MaskedLMModule"]

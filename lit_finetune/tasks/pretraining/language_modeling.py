@@ -1,0 +1,148 @@
+"""Masked and causal language modeling on packed blocks (the corpus data module), on transformers' own LM heads."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torchmetrics
+from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, PreTrainedModel
+
+from lit_finetune import backbones
+from lit_finetune.errors import ConfigError
+from lit_finetune.tasks.base import TaskModule
+from lit_finetune.tasks.pretraining.masking import IGNORE, mask_tokens, select_tokens
+
+SPLITS = ("train", "val")
+
+
+class LanguageModelingModule(TaskModule):
+    """What both objectives share: token-weighted loss and accuracy per split, perplexity = exp(mean token loss)."""
+
+    auto_class = None  # the transformers Auto class of the head
+
+    def __init__(self, model_name_or_path: str = "minilm", **kwargs):
+        super().__init__(model_name_or_path=model_name_or_path, **kwargs)
+        for split in SPLITS:  # weighted by the number of predicted tokens, so the means are exact
+            setattr(self, f"{split}_nll", torchmetrics.MeanMetric())
+            setattr(self, f"{split}_token_acc", torchmetrics.MeanMetric())
+
+    def build_model(self) -> PreTrainedModel:
+        h = self.hparams
+        return backbones.load_model(h.model_name_or_path, self.auto_class, h.trust_remote_code,
+                                    pretrained=self.pretrained_weights)
+
+    def inputs_and_labels(self, batch: dict, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def shared_step(self, batch: dict, split: str) -> torch.Tensor:
+        input_ids, labels = self.inputs_and_labels(batch, split)
+        out = self.model(input_ids=input_ids, attention_mask=batch["attention_mask"], labels=labels)
+        logits, targets = out.logits, labels
+        if self.auto_class is AutoModelForCausalLM:  # position t predicts token t + 1
+            logits, targets = logits[:, :-1], labels[:, 1:]
+        scored = targets != IGNORE
+        count = int(scored.sum())
+        if count:
+            correct = (logits.detach().argmax(-1) == targets) & scored
+            getattr(self, f"{split}_nll").update(out.loss.detach(), weight=count)
+            getattr(self, f"{split}_token_acc").update(correct.sum() / count, weight=count)
+        if split == "train":
+            self.log("train/loss", out.loss, on_step=True, prog_bar=True, batch_size=len(input_ids))
+        return out.loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self.shared_step(batch, "train")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.shared_step(batch, "val")
+
+    def log_split(self, split: str) -> None:
+        nll, acc = getattr(self, f"{split}_nll"), getattr(self, f"{split}_token_acc")
+        if nll.update_count == 0:
+            return
+        loss = float(nll.compute())  # synced across processes by torchmetrics
+        self.log_dict({f"{split}/loss" if split == "val" else "train/loss_epoch": loss,
+                       f"{split}/perplexity": math.exp(min(loss, 50.0)), f"{split}/{self.acc_name}": acc.compute()},
+                      prog_bar=split == "val")
+        nll.reset()
+        acc.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self.log_split("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_split("val")
+
+
+class MaskedLMModule(LanguageModelingModule):
+    """Masked-LM pretraining (BERT): 15% of tokens selected, of which 80% [MASK], 10% random, 10% unchanged.
+
+    Features: whole-word masking; special and padding tokens never selected; a fixed masking of the validation data
+    (same seed every validation), so validation perplexity is comparable across evaluations and runs; logs
+    ``train/loss``, ``val/loss``, ``val/perplexity``, ``val/masked_acc``. Export: an ``AutoModelForMaskedLM`` folder,
+    which the classification task loads as its backbone.
+    Raises: ConfigError when the tokenizer has no mask token or the probabilities are out of range.
+    """
+
+    auto_class = AutoModelForMaskedLM
+    acc_name = "masked_acc"
+
+    def __init__(
+        self,
+        model_name_or_path: str = "minilm",
+        mlm_probability: float = 0.15,
+        whole_word_mask: bool = False,
+        mask_replace_prob: float = 0.8,
+        random_replace_prob: float = 0.1,
+        validation_seed: int = 1234,
+        **kwargs,
+    ):
+        """
+        Args:
+            model_name_or_path: Backbone to pretrain (see TaskModule).
+            mlm_probability: Share of tokens (or of words, with whole-word masking) selected for prediction.
+            whole_word_mask: Select whole words: all sub-tokens of a selected word are predicted.
+            mask_replace_prob: Share of selected tokens replaced by [MASK].
+            random_replace_prob: Share of selected tokens replaced by a random token (the rest stay unchanged).
+            validation_seed: Seed of the validation masking, drawn anew from it at every validation.
+        """
+        super().__init__(model_name_or_path=model_name_or_path, **kwargs)
+        if not 0 < mlm_probability < 1:
+            raise ConfigError(f"model.mlm_probability: got {mlm_probability}; expected a value in (0, 1)")
+        if min(mask_replace_prob, random_replace_prob) < 0 or mask_replace_prob + random_replace_prob > 1:
+            raise ConfigError(f"model.mask_replace_prob + model.random_replace_prob: got {mask_replace_prob} + "
+                              f"{random_replace_prob}; expected non-negative shares summing to at most 1")
+        self.val_generator: torch.Generator | None = None
+
+    def configure_model(self) -> None:
+        super().configure_model()
+        if self.tokenizer.mask_token_id is None:
+            raise ConfigError(f"model.model_name_or_path: the tokenizer of {self.hparams.model_name_or_path!r} has "
+                              "no mask token; masked-LM needs one (use the causal LM task for GPT-style models)")
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_generator = torch.Generator().manual_seed(self.hparams.validation_seed)
+
+    def inputs_and_labels(self, batch: dict, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.hparams
+        generator = self.val_generator if split == "val" else None
+        selected = select_tokens(batch["special_tokens_mask"], batch["word_starts"] if h.whole_word_mask else None,
+                                 h.mlm_probability, generator)
+        return mask_tokens(batch["input_ids"], selected, self.tokenizer.mask_token_id, len(self.tokenizer),
+                           h.mask_replace_prob, h.random_replace_prob, generator)
+
+
+class CausalLMModule(LanguageModelingModule):
+    """Causal-LM pretraining (GPT): next-token prediction over packed blocks.
+
+    Features: logs ``train/loss``, ``val/loss``, ``val/perplexity`` (exp of the mean next-token loss) and
+    ``val/next_token_acc``. Export: an ``AutoModelForCausalLM`` folder that ``pipeline("text-generation")`` loads.
+    """
+
+    auto_class = AutoModelForCausalLM
+    acc_name = "next_token_acc"
+
+    def inputs_and_labels(self, batch: dict, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE)
+        return batch["input_ids"], labels

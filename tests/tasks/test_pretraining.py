@@ -1,0 +1,116 @@
+"""Pretraining objectives: BERT masking statistics, MLM and causal LM training on packed blocks, and chaining a
+pretraining export into fine-tuning."""
+
+import random
+
+import pytest
+import torch
+from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
+
+from helpers import REPO, logged_values, tiny_args
+from lit_finetune import backbones
+from lit_finetune.cli import LitFinetuneCLI
+from lit_finetune.errors import ConfigError
+from lit_finetune.tasks.pretraining import MaskedLMModule
+from lit_finetune.tasks.pretraining.masking import IGNORE, mask_tokens, select_tokens
+
+TEMPLATES = ["the {} ball rolled slowly to the {} .", "a {} dog sat on the {} mat .", "we walked to the {} park ."]
+SLOTS = "red blue green small big old new quiet".split()
+
+
+@pytest.fixture
+def corpus_file(tmp_path):
+    """Documents of templated sentences: a tiny model learns the fixed words from context within a few epochs."""
+    rng = random.Random(0)
+    docs = [" ".join(rng.choice(TEMPLATES).format(*rng.choices(SLOTS, k=2)) for _ in range(rng.randint(2, 5)))
+            for _ in range(300)]
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(docs) + "\n")
+    return path
+
+
+def pretrain_args(config: str, corpus_file, run_dir, *extra: str) -> list[str]:
+    return ["--config", str(REPO / "configs" / "pretrain" / config), f"--trainer.default_root_dir={run_dir}",
+            "--data.init_args.dataset_name=null", "--data.init_args.dataset_config=null",
+            f"--data.init_args.train_file={corpus_file}", "--data.init_args.max_length=32",
+            "--data.init_args.batch_size=16", "--model.init_args.learning_rate=3e-3", "--model.init_args.warmup=0",
+            "--trainer.max_epochs=3", "--trainer.val_check_interval=1.0", "--trainer.accelerator=cpu",
+            "--trainer.enable_model_summary=false", *extra]
+
+
+def test_bert_masking_rates_and_special_tokens():
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(5, 1000, (256, 128), generator=generator)
+    special = torch.zeros_like(input_ids, dtype=torch.bool)
+    special[:, 0] = special[:, -1] = special[:, 100:] = True  # [CLS], [SEP] and padding
+    selected = select_tokens(special, None, 0.15, generator)
+    assert not (selected & special).any()
+    assert selected[~special].float().mean().item() == pytest.approx(0.15, abs=0.005)
+    corrupted, labels = mask_tokens(input_ids, selected, mask_token_id=4, vocab_size=1000, generator=generator)
+    assert torch.equal(labels[selected], input_ids[selected]) and (labels[~selected] == IGNORE).all()
+    assert torch.equal(corrupted[~selected], input_ids[~selected])
+    n = selected.sum().item()
+    as_mask = (corrupted[selected] == 4).sum().item() / n
+    changed = ((corrupted[selected] != 4) & (corrupted[selected] != input_ids[selected])).sum().item() / n
+    assert as_mask == pytest.approx(0.8, abs=0.02) and changed == pytest.approx(0.1, abs=0.015)
+
+
+def test_whole_word_masking_selects_complete_words():
+    generator = torch.Generator().manual_seed(0)
+    starts = torch.rand(256, 128, generator=generator) < 0.6  # words of 1-4 pieces
+    starts[:, 0] = False  # the block opens in the middle of a word cut off by packing
+    special = torch.zeros_like(starts)
+    special[:, -1] = True
+    selected = select_tokens(special, starts, 0.15, generator)
+    word_index = starts.long().cumsum(-1)
+    assert not selected[word_index == 0].any() and not (selected & special).any()
+    words_selected = []
+    for row in range(starts.shape[0]):
+        for word in word_index[row].unique().tolist()[1:]:
+            pieces = selected[row][(word_index[row] == word) & ~special[row]]
+            assert pieces.all() or not pieces.any()  # never part of a word
+            words_selected.append(bool(pieces.any()))
+    assert sum(words_selected) / len(words_selected) == pytest.approx(0.15, abs=0.01)
+
+
+@pytest.mark.parametrize("config, acc", [("mlm.yaml", "val/masked_acc"), ("clm.yaml", "val/next_token_acc")])
+def test_objective_trains_with_falling_loss(config, acc, corpus_file, tmp_path):
+    extra = ["--model.init_args.model_name_or_path=tiny:bert"] if config == "mlm.yaml" else []
+    LitFinetuneCLI(args=["fit", *pretrain_args(config, corpus_file, tmp_path / "run", *extra)])
+    perplexity = logged_values(tmp_path / "run", "val/perplexity")
+    assert len(perplexity) == 3 and perplexity[-1] < 0.5 * perplexity[0]
+    accuracy = logged_values(tmp_path / "run", acc)
+    assert len(accuracy) == 3 and all(0 < a <= 1 for a in accuracy)  # too few steps to rise reliably; loss does
+    assert (tmp_path / "run" / "export" / "config.json").is_file()
+
+
+def test_whole_word_mlm_and_fixed_validation_masking(corpus_file, tmp_path):
+    cli = LitFinetuneCLI(args=["fit", *pretrain_args("mlm.yaml", corpus_file, tmp_path / "run",
+                                                     "--model.init_args.model_name_or_path=tiny:bert",
+                                                     "--model.init_args.whole_word_mask=true",
+                                                     "--trainer.max_epochs=1")])
+    first = cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)[0]
+    second = cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)[0]
+    assert first["val/loss"] == second["val/loss"]  # the same masking at every validation
+
+
+def test_mlm_settings_are_checked():
+    with pytest.raises(ConfigError, match=r"model.mlm_probability: got 1.5"):
+        MaskedLMModule("tiny:bert", mlm_probability=1.5)
+    with pytest.raises(ConfigError, match=r"model.mask_replace_prob \+ model.random_replace_prob: got 0.8 \+ 0.3"):
+        MaskedLMModule("tiny:bert", random_replace_prob=0.3)
+
+
+def test_mlm_export_is_the_starting_point_of_fine_tuning(corpus_file, tmp_path, tiny_data):
+    LitFinetuneCLI(args=["fit", *pretrain_args("mlm.yaml", corpus_file, tmp_path / "pretrain",
+                                               "--model.init_args.model_name_or_path=tiny:bert")])
+    export = tmp_path / "pretrain" / "export"
+    pretrained = AutoModelForMaskedLM.from_pretrained(export)
+    classifier = backbones.load_model(str(export), AutoModelForSequenceClassification, num_labels=2)
+    assert torch.equal(classifier.bert.encoder.layer[1].output.dense.weight,
+                       pretrained.bert.encoder.layer[1].output.dense.weight)  # the encoder came from pretraining
+    cli = LitFinetuneCLI(args=["fit", *tiny_args(tiny_data, tmp_path / "finetune",
+                                                 f"--model.init_args.model_name_or_path={export}")])
+    assert cli.trainer.state.finished and len(logged_values(tmp_path / "finetune", "val/acc")) == 2
+    tuned = AutoModelForSequenceClassification.from_pretrained(tmp_path / "finetune" / "export")
+    assert tuned.config.id2label == {0: "bad", 1: "good"}

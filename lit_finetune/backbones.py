@@ -75,6 +75,13 @@ def load_tokenizer(model_name_or_path: str, trust_remote_code: bool = False) -> 
     return tokenizer
 
 
+def from_config(model_class, config, **kwargs) -> PreTrainedModel:
+    """Random weights for an Auto class (``from_config``) or a concrete class (e.g. ``ElectraForPreTraining``)."""
+    if hasattr(model_class, "from_config"):
+        return model_class.from_config(config, **kwargs)
+    return model_class(config)
+
+
 def load_model(model_name_or_path: str, auto_class, trust_remote_code: bool = False, pretrained: bool = True,
                **config_overrides) -> PreTrainedModel:
     """Pretrained weights through `auto_class` (e.g. AutoModelForSequenceClassification), or a random tiny model.
@@ -88,8 +95,8 @@ def load_model(model_name_or_path: str, auto_class, trust_remote_code: bool = Fa
         ids = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                    bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id)
         config = AutoConfig.for_model(source[len(TINY_PREFIX):], **{**TINY_SIZE, **ids, **config_overrides})
-        return auto_class.from_config(config)
+        return from_config(auto_class, config)
     if not pretrained:
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, **config_overrides)
-        return auto_class.from_config(config, trust_remote_code=trust_remote_code)
+        return from_config(auto_class, config, trust_remote_code=trust_remote_code)
     return auto_class.from_pretrained(source, trust_remote_code=trust_remote_code, **config_overrides)

@@ -2,6 +2,6 @@
 
 from lit_finetune.tasks.base import TaskModule
 from lit_finetune.tasks.classification import SequenceClassificationModule
-from lit_finetune.tasks.pretraining import CausalLMModule, MaskedLMModule
+from lit_finetune.tasks.pretraining import CausalLMModule, ElectraPretrainingModule, MaskedLMModule
 
-__all__ = ["CausalLMModule", "MaskedLMModule", "SequenceClassificationModule", "TaskModule"]
+__all__ = ["CausalLMModule", "ElectraPretrainingModule", "MaskedLMModule", "SequenceClassificationModule", "TaskModule"]

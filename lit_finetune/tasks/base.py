@@ -73,7 +73,8 @@ class TaskModule(pl.LightningModule):
     def configure_optimizers(self):
         h = self.hparams
         fused = h.fused_adamw and self.device.type in ("cpu", "cuda")
-        optimizer = torch.optim.AdamW(param_groups(self.model, h.weight_decay), lr=h.learning_rate,
+        # Every trainable parameter of the task module: the model, and any extra part (e.g. ELECTRA's generator).
+        optimizer = torch.optim.AdamW(param_groups(self, h.weight_decay), lr=h.learning_rate,
                                       eps=h.adam_epsilon, fused=fused)
         scheduler = build_scheduler(optimizer, h.lr_scheduler, h.warmup, self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -114,3 +114,23 @@ def test_mlm_export_is_the_starting_point_of_fine_tuning(corpus_file, tmp_path, 
     assert cli.trainer.state.finished and len(logged_values(tmp_path / "finetune", "val/acc")) == 2
     tuned = AutoModelForSequenceClassification.from_pretrained(tmp_path / "finetune" / "export")
     assert tuned.config.id2label == {0: "bad", 1: "good"}
+
+
+def test_electra_trains_and_exports_the_discriminator_for_fine_tuning(corpus_file, tmp_path):
+    cli = LitFinetuneCLI(args=["fit", *pretrain_args("electra.yaml", corpus_file, tmp_path / "run")])
+    module = cli.model
+    shared = module.model.electra.embeddings.word_embeddings.weight
+    assert module.generator.electra.embeddings.word_embeddings.weight is shared
+    assert module.generator.get_output_embeddings().weight is shared  # generator head tied to the shared table
+    assert module.generator.config.hidden_size * 4 == module.model.config.hidden_size  # generator_size 0.25
+    optimized = {id(p) for group in cli.trainer.optimizers[0].param_groups for p in group["params"]}
+    assert {id(p) for p in module.generator.parameters()} <= optimized and id(shared) in optimized
+    run = tmp_path / "run"
+    losses = logged_values(run, "val/loss")
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    for key in ("val/disc_acc", "val/replaced_precision", "val/replaced_recall", "val/generator_acc"):
+        assert all(0 <= v <= 1 for v in logged_values(run, key)), key
+    for part in ("val/generator_loss", "val/discriminator_loss"):  # both parts learn, not only their sum
+        assert logged_values(run, part)[-1] < logged_values(run, part)[0], part
+    classifier = AutoModelForSequenceClassification.from_pretrained(run / "export", num_labels=2)
+    assert torch.equal(classifier.electra.embeddings.word_embeddings.weight, shared.detach())

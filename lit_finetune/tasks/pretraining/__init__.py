@@ -1,5 +1,6 @@
 """Pretraining objectives: each a task module over the corpus data module; their exports feed fine-tuning."""
 
+from lit_finetune.tasks.pretraining.electra import ElectraPretrainingModule
 from lit_finetune.tasks.pretraining.language_modeling import CausalLMModule, MaskedLMModule
 
-__all__ = ["CausalLMModule", "MaskedLMModule"]
+__all__ = ["CausalLMModule", "ElectraPretrainingModule", "MaskedLMModule"]

@@ -1,15 +1,21 @@
-"""Raw-text corpora for pretraining: documents from the hub or local files, tokenized once and packed into blocks.
+"""Raw-text corpora for pretraining: documents from the hub or local files, tokenized once, then either packed into
+blocks or made into sentence pairs.
 
-Documents are joined with the tokenizer's separator (``[SEP]`` / end-of-text) and cut into blocks of ``max_length``
-tokens, each wrapped in the tokenizer's own special tokens (``[CLS] ... [SEP]`` for BERT), so no batch is padded.
+``examples: blocks`` (masked / causal LM, ELECTRA): documents are joined with the tokenizer's separator and cut into
+blocks of ``max_length`` tokens, each wrapped in the tokenizer's special tokens (``[CLS] ... [SEP]``); no padding.
+``examples: nsp`` / ``sop`` (BERT / ALBERT): ``[CLS] A [SEP] B [SEP]`` where A and B are runs of whole sentences of one
+document; for NSP, half the B segments come from another document (label 1), for SOP half the pairs are swapped
+(label 1). Pairs are drawn once, with ``seed``, and cached.
 
-Batch contract: ``input_ids``, ``attention_mask``, ``special_tokens_mask`` (bool: never masked or replaced) and
-``word_starts`` (bool: the first token of each word, for whole-word masking).
+Batch contract: ``input_ids``, ``attention_mask``, ``special_tokens_mask`` (bool: never masked or replaced),
+``word_starts`` (bool: the first token of each word, for whole-word masking); for pairs also ``token_type_ids`` and
+``pair_label``.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import re
 from pathlib import Path
 from typing import Literal
@@ -25,6 +31,8 @@ from lit_finetune.data import cache, readers
 from lit_finetune.errors import ConfigError, DataError
 
 TxtDocuments = Literal["line", "blank_line", "file"]
+Examples = Literal["blocks", "nsp", "sop"]
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
 
 
 def split_documents(text: str, documents: TxtDocuments) -> list[str]:
@@ -38,8 +46,13 @@ def split_documents(text: str, documents: TxtDocuments) -> list[str]:
     return [part.strip() for part in parts if part.strip()]
 
 
+def split_sentences(document: str) -> list[str]:
+    """Sentences at '.', '!' or '?' followed by a space: enough for the pair objectives' segment boundaries."""
+    return [part for part in SENTENCE_END.split(document) if part.strip()]
+
+
 class BlockCollator:
-    """Stacks blocks into a batch; only a split shorter than one block ever needs padding."""
+    """Pads blocks (or sentence pairs) into a batch; full blocks need no padding."""
 
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
@@ -51,9 +64,13 @@ class BlockCollator:
         input_ids = stack("input_ids", self.pad_token_id)
         lengths = torch.tensor([len(b["input_ids"]) for b in blocks])
         attention_mask = (torch.arange(input_ids.shape[1])[None, :] < lengths[:, None]).long()
-        return {"input_ids": input_ids, "attention_mask": attention_mask,
-                "special_tokens_mask": stack("special_tokens_mask", 1).bool() | (attention_mask == 0),
-                "word_starts": stack("word_starts", 0).bool()}
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask,
+                 "special_tokens_mask": stack("special_tokens_mask", 1).bool() | (attention_mask == 0),
+                 "word_starts": stack("word_starts", 0).bool()}
+        if "pair_label" in blocks[0]:
+            batch["token_type_ids"] = stack("token_type_ids", 0)
+            batch["pair_label"] = torch.tensor([int(b["pair_label"]) for b in blocks])
+        return batch
 
 
 class CorpusDataModule(pl.LightningDataModule):
@@ -74,6 +91,7 @@ class CorpusDataModule(pl.LightningDataModule):
         validation_file: str | None = None,
         text_column: str = "text",
         txt_documents: TxtDocuments = "line",
+        examples: Examples = "blocks",
         max_length: int = 128,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
@@ -93,12 +111,14 @@ class CorpusDataModule(pl.LightningDataModule):
             validation_file: Local validation text; without one, ``validation_fraction`` of the documents is held out.
             text_column: Column holding the text (tabular files and hub datasets).
             txt_documents: How a .txt file splits into documents: ``line``, ``blank_line`` (paragraphs) or ``file``.
-            max_length: Tokens per block, special tokens included.
+            examples: ``blocks`` (masked / causal LM, ELECTRA), or sentence pairs for ``nsp`` (BERT's next-sentence
+                prediction) or ``sop`` (ALBERT's sentence-order prediction).
+            max_length: Tokens per block or pair, special tokens included.
             batch_size: Blocks per training batch.
             eval_batch_size: Blocks per validation batch (default: twice batch_size).
             validation_fraction: Share of training documents held out when there is no validation data.
             max_train_documents: Keep only the first N training documents (quick runs, fixed budgets).
-            seed: Seed for the validation hold-out.
+            seed: Seed for the validation hold-out and for drawing sentence pairs.
             num_workers: DataLoader worker processes.
             cache_dir: Where tokenized blocks are cached; default ``$LIT_FINETUNE_CACHE`` or ~/.cache/lit_finetune.
             trust_remote_code: Allow the tokenizer's own code from the hub to run.
@@ -128,7 +148,7 @@ class CorpusDataModule(pl.LightningDataModule):
     def cache_path(self) -> Path:
         h = self.hparams
         key = dict(sources=cache.file_signatures(self.files), dataset=(h.dataset_name, h.dataset_config),
-                   tokenizer=self.tokenizer_fingerprint, column=h.text_column, txt=h.txt_documents,
+                   tokenizer=self.tokenizer_fingerprint, column=h.text_column, txt=h.txt_documents, examples=h.examples,
                    max_length=h.max_length, holdout=(h.validation_fraction, h.seed), max_docs=h.max_train_documents)
         return cache.cache_path(self.cache_root, "corpus", key)
 
@@ -200,21 +220,79 @@ class CorpusDataModule(pl.LightningDataModule):
             out["word_starts"].append([False] * len(prefix) + starts[b * n:(b + 1) * n] + [False] * len(suffix))
         return out
 
+    def sentence_pairs(self, docs: datasets.Dataset, seed: int) -> datasets.Dataset:
+        """BERT's recipe, simplified: fill up to max_length with whole sentences of a document, cut the run at a
+        random sentence boundary into A and B, then replace B by another document's sentences (NSP) or swap A and B
+        (SOP) half of the time."""
+        rng = random.Random(seed)
+        documents = []
+        for text in docs["text"]:
+            enc = self.tokenizer(split_sentences(text), add_special_tokens=False)
+            documents.append([(ids, [i == 0 or e.word_ids[i] != e.word_ids[i - 1] for i in range(len(ids))])
+                              for ids, e in zip(enc["input_ids"], enc.encodings) if ids])
+        budget = self.hparams.max_length - 3  # [CLS] A [SEP] B [SEP]
+        special = set(self.tokenizer.all_special_ids)
+        cls_id, sep_id = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
+        rows = {"input_ids": [], "token_type_ids": [], "special_tokens_mask": [], "word_starts": [], "pair_label": []}
+        for d, sentences in enumerate(documents):
+            start = 0
+            while start < len(sentences) - 1:  # a pair needs two sentences
+                end, length = start, 0
+                while end < len(sentences) and (length < budget or end - start < 2):
+                    length += len(sentences[end][0])
+                    end += 1
+                cut = rng.randint(start + 1, end - 1)
+                a, b, label = sentences[start:cut], sentences[cut:end], 0
+                if self.hparams.examples == "nsp" and rng.random() < 0.5 and len(documents) > 1:
+                    other = rng.choice([i for i in range(len(documents)) if i != d and documents[i]] or [d])
+                    first = rng.randrange(len(documents[other]))
+                    b, label = documents[other][first:first + max(1, end - cut)], 1
+                    end = cut  # the unused sentences start the next pair, as in BERT
+                elif self.hparams.examples == "sop" and rng.random() < 0.5:
+                    a, b, label = b, a, 1
+                a_ids, a_starts = [t for ids, _ in a for t in ids], [w for _, ws in a for w in ws]
+                b_ids, b_starts = [t for ids, _ in b for t in ids], [w for _, ws in b for w in ws]
+                while len(a_ids) + len(b_ids) > budget:  # trim the longer segment, from a random end
+                    longer = (a_ids, a_starts) if len(a_ids) > len(b_ids) else (b_ids, b_starts)
+                    for seq in longer:
+                        del seq[0 if rng.random() < 0.5 else -1]
+                input_ids = [cls_id, *a_ids, sep_id, *b_ids, sep_id]
+                rows["input_ids"].append(input_ids)
+                rows["token_type_ids"].append([0] * (len(a_ids) + 2) + [1] * (len(b_ids) + 1))
+                rows["special_tokens_mask"].append([int(t in special) for t in input_ids])
+                rows["word_starts"].append([False, *a_starts, False, *b_starts, False])
+                rows["pair_label"].append(label)
+                start = end
+        return datasets.Dataset.from_dict(rows)
+
     def prepare_data(self) -> None:
         """Read and pack every split once (local rank 0) into a cache folder that ``setup`` loads."""
         target = self.cache_path()
         if cache.is_cached(target):
             return
         raw = self.read_raw()
-        blocks = datasets.DatasetDict({
-            split: docs.map(self.pack, batched=True, batch_size=1000, remove_columns=["text"],
-                            desc=f"Packing {split}", new_fingerprint=f"{target.name}-{split}")
-            for split, docs in raw.items()})
-        meta = dict(documents={s: len(d) for s, d in raw.items()}, blocks={s: len(b) for s, b in blocks.items()},
-                    max_length=self.hparams.max_length, tokenized_by_rank=int(os.environ.get("LOCAL_RANK", 0)))
-        cache.save(blocks, meta, target)
-        print(f"Packed {meta['documents']} documents into {meta['blocks']} blocks of {self.hparams.max_length} "
-              f"tokens; cached in {target}", flush=True)
+        h = self.hparams
+        if h.examples == "blocks":
+            examples = datasets.DatasetDict({
+                split: docs.map(self.pack, batched=True, batch_size=1000, remove_columns=["text"],
+                                desc=f"Packing {split}", new_fingerprint=f"{target.name}-{split}")
+                for split, docs in raw.items()})
+        else:
+            if self.tokenizer.cls_token_id is None or self.tokenizer.sep_token_id is None:
+                raise ConfigError(f"data.examples: {h.examples} builds [CLS] A [SEP] B [SEP] pairs, but the tokenizer "
+                                  f"of {h.model_name_or_path!r} has no [CLS] / [SEP] tokens")
+            examples = datasets.DatasetDict({split: self.sentence_pairs(docs, h.seed + i)
+                                             for i, (split, docs) in enumerate(raw.items())})
+            for split, ds in examples.items():
+                if len(ds) == 0:
+                    raise DataError(f"data: no {split} document has two sentences, so no {h.examples} pairs can be "
+                                    "made; use documents of several sentences (e.g. data.txt_documents: blank_line)")
+        meta = dict(documents={s: len(d) for s, d in raw.items()}, examples={s: len(b) for s, b in examples.items()},
+                    kind=h.examples, max_length=h.max_length, tokenized_by_rank=int(os.environ.get("LOCAL_RANK", 0)))
+        cache.save(examples, meta, target)
+        what = "blocks" if h.examples == "blocks" else f"{h.examples} sentence pairs"
+        print(f"Made {meta['examples']} {what} of up to {h.max_length} tokens from {meta['documents']} documents; "
+              f"cached in {target}", flush=True)
 
     def setup(self, stage: str | None = None) -> None:
         self.splits, self.meta = cache.load(self.cache_path())

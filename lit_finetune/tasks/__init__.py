@@ -2,6 +2,12 @@
 
 from lit_finetune.tasks.base import TaskModule
 from lit_finetune.tasks.classification import SequenceClassificationModule
-from lit_finetune.tasks.pretraining import CausalLMModule, ElectraPretrainingModule, MaskedLMModule
+from lit_finetune.tasks.pretraining import (
+    CausalLMModule,
+    ElectraPretrainingModule,
+    MaskedLMModule,
+    SentencePairPretrainingModule,
+)
 
-__all__ = ["CausalLMModule", "ElectraPretrainingModule", "MaskedLMModule", "SequenceClassificationModule", "TaskModule"]
+__all__ = ["CausalLMModule", "ElectraPretrainingModule", "MaskedLMModule", "SentencePairPretrainingModule",
+           "SequenceClassificationModule", "TaskModule"]

@@ -1,6 +1,7 @@
 """The corpus data module: documents from .txt / tabular files, packed into full blocks with word starts."""
 
 import json
+import re
 
 import pytest
 
@@ -61,3 +62,36 @@ def test_bad_corpus_input_is_named(tmp_path):
         corpus(CorpusDataModule("tiny:bert", train_file=str(tmp_path / "missing.txt")))
     with pytest.raises(ConfigError, match=r"data.max_length: 4 leaves 2 tokens"):
         CorpusDataModule("tiny:bert", train_file=str(tmp_path / "c.jsonl"), max_length=4)
+
+
+@pytest.mark.parametrize("kind", ["nsp", "sop"])
+def test_sentence_pairs_for_nsp_and_sop(kind, tmp_path):
+    # Every sentence carries its document and sentence number as a tag word: d<doc>s<sentence>.
+    docs = [" ".join(f"d{d}s{s} says {'something ' * (s % 4 + 1)}." for s in range(12)) for d in range(30)]
+    (tmp_path / "train.txt").write_text("\n".join(docs))
+    dm = corpus(CorpusDataModule("tiny:bert", train_file=str(tmp_path / "train.txt"), examples=kind,
+                                 max_length=48, batch_size=8, validation_fraction=0.1))
+    tok = dm.tokenizer
+    pairs = dm.splits["train"]
+    labels = pairs["pair_label"]
+    assert len(pairs) > 50 and 0.3 < sum(labels) / len(labels) < 0.7  # about half are random / swapped
+    checked = 0
+    for ids, types, label in zip(pairs["input_ids"], pairs["token_type_ids"], labels):
+        assert len(ids) <= 48 and ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id
+        sep = ids.index(tok.sep_token_id)
+        assert types == [0] * (sep + 1) + [1] * (len(ids) - sep - 1)
+        tags_a = [tuple(map(int, t)) for t in re.findall(r"\bd(\d+)s(\d+)\b", tok.decode(ids[1:sep]))]
+        tags_b = [tuple(map(int, t)) for t in re.findall(r"\bd(\d+)s(\d+)\b", tok.decode(ids[sep + 1:-1]))]
+        if not (tags_a and tags_b):
+            continue  # a segment trimmed below one tag
+        checked += 1
+        same_document = {d for d, _ in tags_a} == {d for d, _ in tags_b}
+        in_order = max(s for _, s in tags_a) < min(s for _, s in tags_b)
+        if kind == "nsp":  # B continues A (same document, next sentences) exactly when the label is 0
+            assert (same_document and in_order) == (label == 0)
+        else:  # always one document; swapped exactly when the label is 1
+            assert same_document and in_order == (label == 0)
+    assert checked > 0.8 * len(pairs)
+    batch = next(iter(dm.train_dataloader()))
+    assert {"token_type_ids", "pair_label", "word_starts"} <= set(batch) and batch["pair_label"].shape == (8,)
+    assert not (batch["special_tokens_mask"] & batch["attention_mask"].bool() & batch["word_starts"]).any()

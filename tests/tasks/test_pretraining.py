@@ -84,6 +84,27 @@ def test_objective_trains_with_falling_loss(config, acc, corpus_file, tmp_path):
     assert (tmp_path / "run" / "export" / "config.json").is_file()
 
 
+@pytest.mark.parametrize("config, task, model", [("mlm_nsp.yaml", "nsp", "tiny:bert"),
+                                                 ("mlm_sop.yaml", "sop", "tiny:albert")])
+def test_mlm_with_sentence_pair_objective(config, task, model, corpus_file, tmp_path):
+    LitFinetuneCLI(args=["fit", *pretrain_args(config, corpus_file, tmp_path / "run", "--data.init_args.max_length=48",
+                                               f"--model.init_args.model_name_or_path={model}")])
+    run = tmp_path / "run"
+    total = logged_values(run, "val/pretraining_loss")
+    assert len(total) == 3 and total[-1] < total[0]
+    assert logged_values(run, "val/mlm_loss")[-1] < logged_values(run, "val/mlm_loss")[0]
+    assert len(logged_values(run, f"val/{task}_loss")) == 3 and len(logged_values(run, f"train/{task}_loss_step")) > 0
+    assert all(0 <= a <= 1 for a in logged_values(run, f"val/{task}_acc"))
+    assert (run / "export" / "config.json").is_file()
+
+
+def test_pair_objective_and_pair_data_must_match(corpus_file, tmp_path):
+    with pytest.raises(ConfigError, match=r"data.examples: got 'sop', but model.sentence_task is 'nsp'"):
+        LitFinetuneCLI(args=["fit", *pretrain_args("mlm_nsp.yaml", corpus_file, tmp_path / "run",
+                                                   "--model.init_args.model_name_or_path=tiny:bert",
+                                                   "--data.init_args.examples=sop")])
+
+
 def test_whole_word_mlm_and_fixed_validation_masking(corpus_file, tmp_path):
     cli = LitFinetuneCLI(args=["fit", *pretrain_args("mlm.yaml", corpus_file, tmp_path / "run",
                                                      "--model.init_args.model_name_or_path=tiny:bert",

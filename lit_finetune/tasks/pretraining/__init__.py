@@ -2,5 +2,6 @@
 
 from lit_finetune.tasks.pretraining.electra import ElectraPretrainingModule
 from lit_finetune.tasks.pretraining.language_modeling import CausalLMModule, MaskedLMModule
+from lit_finetune.tasks.pretraining.sentence_pairs import SentencePairPretrainingModule
 
-__all__ = ["CausalLMModule", "ElectraPretrainingModule", "MaskedLMModule"]
+__all__ = ["CausalLMModule", "ElectraPretrainingModule", "MaskedLMModule", "SentencePairPretrainingModule"]

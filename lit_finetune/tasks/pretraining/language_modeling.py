@@ -35,18 +35,22 @@ class LanguageModelingModule(TaskModule):
     def inputs_and_labels(self, batch: dict, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def record_tokens(self, split: str, logits: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> None:
+        """Add a batch's mean token loss and accuracy to the split's token-weighted averages."""
+        scored = targets != IGNORE
+        count = int(scored.sum())
+        if count:
+            correct = (logits.detach().argmax(-1) == targets) & scored
+            getattr(self, f"{split}_nll").update(loss.detach(), weight=count)
+            getattr(self, f"{split}_token_acc").update(correct.sum() / count, weight=count)
+
     def shared_step(self, batch: dict, split: str) -> torch.Tensor:
         input_ids, labels = self.inputs_and_labels(batch, split)
         out = self.model(input_ids=input_ids, attention_mask=batch["attention_mask"], labels=labels)
         logits, targets = out.logits, labels
         if self.auto_class is AutoModelForCausalLM:  # position t predicts token t + 1
             logits, targets = logits[:, :-1], labels[:, 1:]
-        scored = targets != IGNORE
-        count = int(scored.sum())
-        if count:
-            correct = (logits.detach().argmax(-1) == targets) & scored
-            getattr(self, f"{split}_nll").update(out.loss.detach(), weight=count)
-            getattr(self, f"{split}_token_acc").update(correct.sum() / count, weight=count)
+        self.record_tokens(split, logits, targets, out.loss)
         if split == "train":
             self.log("train/loss", out.loss, on_step=True, prog_bar=True, batch_size=len(input_ids))
         return out.loss

@@ -2,5 +2,6 @@
 
 from lit_finetune.data.classification import TextClassificationDataModule
 from lit_finetune.data.corpus import CorpusDataModule
+from lit_finetune.data.sentence_embedding import SentenceEmbeddingDataModule
 
-__all__ = ["CorpusDataModule", "TextClassificationDataModule"]
+__all__ = ["CorpusDataModule", "SentenceEmbeddingDataModule", "TextClassificationDataModule"]

@@ -7,7 +7,8 @@ from lit_finetune.tasks.pretraining import (
     ElectraPretrainingModule,
     MaskedLMModule,
     SentencePairPretrainingModule,
+    SimCSEModule,
 )
 
 __all__ = ["CausalLMModule", "ElectraPretrainingModule", "MaskedLMModule", "SentencePairPretrainingModule",
-           "SequenceClassificationModule", "TaskModule"]
+           "SequenceClassificationModule", "SimCSEModule", "TaskModule"]

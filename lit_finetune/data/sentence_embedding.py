@@ -1,0 +1,193 @@
+"""Sentences for contrastive sentence embeddings (SimCSE), and STS-style scored pairs to evaluate them.
+
+Batch contract, training: ``input_ids``, ``attention_mask`` (the sentences); with supervision also
+``positive_input_ids`` / ``positive_attention_mask`` and, with hard negatives, ``negative_input_ids`` /
+``negative_attention_mask``. Validation: ``input_ids`` / ``attention_mask`` and ``pair_input_ids`` /
+``pair_attention_mask`` for the two sentences, and ``score`` (their gold similarity).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import datasets
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader
+
+from lit_finetune import backbones
+from lit_finetune.data import cache, readers
+from lit_finetune.data.corpus import split_documents
+from lit_finetune.errors import ConfigError, DataError
+
+GROUPS = ("", "positive_", "negative_", "pair_")  # prefixes of the tokenized sentence fields
+
+
+class SentenceGroupsCollator:
+    """Pads each group of sentences (anchor, positive, negative, pair) to its own longest one."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, features: list[dict]) -> dict:
+        batch = {}
+        for prefix in GROUPS:
+            if f"{prefix}input_ids" in features[0]:
+                padded = self.tokenizer.pad([{"input_ids": f[f"{prefix}input_ids"]} for f in features],
+                                            return_tensors="pt")
+                batch[f"{prefix}input_ids"] = padded["input_ids"]
+                batch[f"{prefix}attention_mask"] = padded["attention_mask"]
+        if "score" in features[0]:
+            batch["score"] = torch.tensor([float(f["score"]) for f in features])
+        return batch
+
+
+class SentenceEmbeddingDataModule(pl.LightningDataModule):
+    """Training sentences (unsupervised SimCSE) or sentence / positive (/ hard negative) rows (supervised), and
+    STS-style validation pairs with a similarity score.
+
+    Raises: DataError for missing files, columns, empty sentences or non-numeric scores; ConfigError for settings.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str = "minilm",
+        train_file: str | None = None,
+        train_dataset: str | None = None,
+        validation_file: str | None = None,
+        validation_dataset: str | None = None,
+        text_column: str = "text",
+        positive_column: str | None = None,
+        negative_column: str | None = None,
+        sentence1_column: str = "sentence1",
+        sentence2_column: str = "sentence2",
+        score_column: str = "score",
+        max_length: int = 32,
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        max_train_examples: int | None = None,
+        num_workers: int = 0,
+        cache_dir: str | None = None,
+        trust_remote_code: bool = False,
+    ):
+        """
+        Args:
+            model_name_or_path: Backbone whose tokenizer is used (linked from the model's own setting).
+            train_file: Local training sentences: .txt (one per line) or csv / tsv / jsonl / json / parquet.
+            train_dataset: Hub dataset for training (its ``train`` split), instead of a file.
+            validation_file: Local STS-style pairs: two sentence columns and a similarity score.
+            validation_dataset: Hub dataset of STS-style pairs (its ``validation`` split), e.g.
+                ``sentence-transformers/stsb``.
+            text_column: Column of the training sentences (tabular files and hub data).
+            positive_column: Column of a positive for each sentence (supervised SimCSE, e.g. an NLI entailment).
+            negative_column: Column of a hard negative for each sentence (e.g. an NLI contradiction).
+            sentence1_column: First sentence of a validation pair.
+            sentence2_column: Second sentence of a validation pair.
+            score_column: Gold similarity of a validation pair (any scale; only the ranking matters).
+            max_length: Tokens per sentence, special tokens included (longer sentences are truncated).
+            batch_size: Sentences per training batch; the other sentences of the batch are the negatives.
+            eval_batch_size: Pairs per validation batch (default: batch_size).
+            max_train_examples: Keep only the first N training rows.
+            num_workers: DataLoader worker processes.
+            cache_dir: Where tokenized data is cached; default ``$LIT_FINETUNE_CACHE`` or ~/.cache/lit_finetune.
+            trust_remote_code: Allow the tokenizer's own code from the hub to run.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        if not (train_file or train_dataset):
+            raise ConfigError("data: give data.train_file or data.train_dataset (the training sentences)")
+        if negative_column and not positive_column:
+            raise ConfigError("data.negative_column: hard negatives need data.positive_column as well")
+        self.files = {split: p for split, p in (("train", train_file), ("validation", validation_file)) if p}
+        self.tokenizer = backbones.load_tokenizer(model_name_or_path, trust_remote_code)
+        self.tokenizer_fingerprint = cache.tokenizer_fingerprint(self.tokenizer)
+        self.cache_root = Path(cache_dir).expanduser() if cache_dir else cache.default_cache_dir()
+        self.splits: datasets.DatasetDict | None = None
+
+    def cache_path(self) -> Path:
+        h = self.hparams
+        key = dict(sources=cache.file_signatures(self.files), hub=(h.train_dataset, h.validation_dataset),
+                   tokenizer=self.tokenizer_fingerprint, max_length=h.max_length, max_train=h.max_train_examples,
+                   columns=(h.text_column, h.positive_column, h.negative_column, h.sentence1_column,
+                            h.sentence2_column, h.score_column))
+        return cache.cache_path(self.cache_root, "sentence_embedding", key)
+
+    def read(self, split: str) -> tuple[datasets.Dataset, str] | None:
+        h = self.hparams
+        path, hub = (h.train_file, h.train_dataset) if split == "train" else (h.validation_file, h.validation_dataset)
+        if path and Path(path).suffix == ".txt":
+            if not Path(path).is_file():
+                raise DataError(f"data.{split}_file: file {path} does not exist")
+            readers.check_utf8(Path(path))
+            return datasets.Dataset.from_dict({h.text_column: split_documents(Path(path).read_text("utf-8"),
+                                                                              "line")}), path
+        if path:
+            return readers.read_file(path, f"data.{split}_file"), path
+        if hub:
+            return readers.read_hub(hub, None)[split], f"{hub} [{split}]"
+        return None
+
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        return self.tokenizer(texts, truncation=True, max_length=self.hparams.max_length)["input_ids"]
+
+    def prepare_data(self) -> None:
+        target = self.cache_path()
+        if cache.is_cached(target):
+            return
+        h = self.hparams
+        out = {}
+        train, source = self.read("train")
+        if h.max_train_examples:
+            train = train.select(range(min(h.max_train_examples, len(train))))
+        roles = {"": h.text_column, "positive_": h.positive_column, "negative_": h.negative_column}
+        columns = {prefix: column for prefix, column in roles.items() if column}
+        readers.require_columns(train, list(columns.values()), source,
+                                {c: f"data.{'text' if not p else p[:-1]}_column" for p, c in columns.items()})
+        for column in columns.values():
+            readers.require_text(train, column, source)
+        out["train"] = datasets.Dataset.from_dict({
+            f"{prefix}input_ids": self.tokenize(readers.column(train, column).to_pylist())
+            for prefix, column in columns.items()})
+        validation = self.read("validation")
+        if validation is not None:
+            pairs, source = validation
+            key_of = {h.sentence1_column: "data.sentence1_column", h.sentence2_column: "data.sentence2_column",
+                      h.score_column: "data.score_column"}
+            readers.require_columns(pairs, list(key_of), source, key_of)
+            for column in (h.sentence1_column, h.sentence2_column):
+                readers.require_text(pairs, column, source)
+            scores = readers.column(pairs, h.score_column).to_pylist()
+            for i, score in enumerate(scores):
+                try:
+                    float(score)
+                except (TypeError, ValueError):
+                    raise DataError(f"{readers.row_location(source, i)}: column {h.score_column!r} is {score!r}; "
+                                    "expected a number (the pair's similarity)") from None
+            out["validation"] = datasets.Dataset.from_dict({
+                "input_ids": self.tokenize(readers.column(pairs, h.sentence1_column).to_pylist()),
+                "pair_input_ids": self.tokenize(readers.column(pairs, h.sentence2_column).to_pylist()),
+                "score": [float(s) for s in scores]})
+        meta = dict(sizes={s: len(d) for s, d in out.items()}, supervised=bool(h.positive_column),
+                    tokenized_by_rank=int(os.environ.get("LOCAL_RANK", 0)))
+        cache.save(datasets.DatasetDict(out), meta, target)
+        print(f"Tokenized {meta['sizes']} examples; cached in {target}", flush=True)
+
+    def setup(self, stage: str | None = None) -> None:
+        self.splits, self.meta = cache.load(self.cache_path())
+        if stage in ("fit", "validate") and "validation" not in self.splits:
+            raise ConfigError("data: validation needs STS-style pairs; give data.validation_file or "
+                              "data.validation_dataset")
+
+    def loader(self, split: str, train: bool = False) -> DataLoader:
+        batch_size = self.hparams.batch_size if train else self.hparams.eval_batch_size or self.hparams.batch_size
+        # drop_last: every training batch has the full set of in-batch negatives.
+        return DataLoader(self.splits[split], batch_size=batch_size, shuffle=train, drop_last=train,
+                          collate_fn=SentenceGroupsCollator(self.tokenizer), num_workers=self.hparams.num_workers,
+                          persistent_workers=self.hparams.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader("validation")

@@ -1,4 +1,5 @@
-"""Callbacks every run can use: write predictions, export the best checkpoint at the end of fit, stop on request."""
+"""Callbacks runs can use: write predictions, export the best checkpoint at the end of fit, stop on request, and show
+what a language model generates."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 from pathlib import Path
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 
@@ -125,3 +127,48 @@ class StopOnRequest(pl.Callback):
 
     def on_validation_end(self, trainer, pl_module) -> None:
         self.check(trainer)
+
+
+class GenerationSamples(pl.Callback):
+    """After each validation, continue a few fixed prompts with the model being trained (causal LMs), and log them
+    to W&B as a table (``val/samples``) and to samples.jsonl in the run folder, to watch the text get better."""
+
+    def __init__(self, prompts: list[str] | None = None, max_new_tokens: int = 30, do_sample: bool = False):
+        """
+        Args:
+            prompts: Texts to continue; the same ones at every validation.
+            max_new_tokens: Length of each continuation.
+            do_sample: Sample (temperature 1) instead of greedy decoding.
+        """
+        self.prompts = prompts or ["The history of the city", "In the early years , the team", "The film was"]
+        self.max_new_tokens = max_new_tokens
+        self.do_sample = do_sample
+
+    @torch.no_grad()
+    def continuations(self, pl_module) -> list[str]:
+        model, tokenizer = pl_module.model, pl_module.tokenizer
+        was_training = model.training
+        model.eval()
+        rows = []
+        for prompt in self.prompts:  # one at a time: no padding side to get wrong
+            ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"].to(pl_module.device)
+            if tokenizer.bos_token_id is not None:
+                ids = torch.cat([ids.new_tensor([[tokenizer.bos_token_id]]), ids], dim=1)
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=self.max_new_tokens,
+                                 do_sample=self.do_sample, pad_token_id=tokenizer.pad_token_id
+                                 if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+            rows.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+        model.train(was_training)
+        return rows
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        rows = [{"step": trainer.global_step, "prompt": p, "continuation": c}
+                for p, c in zip(self.prompts, self.continuations(pl_module))]
+        with (Path(trainer.default_root_dir) / "samples.jsonl").open("a", encoding="utf-8") as f:
+            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_text("val/samples", columns=list(rows[0]), data=[list(r.values()) for r in rows],
+                                step=trainer.global_step)

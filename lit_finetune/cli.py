@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
+from lit_finetune.data.tokenizer_training import train_tokenizer
 from lit_finetune.errors import ConfigError, LitFinetuneError
 from lit_finetune.tasks import TaskModule
 from lit_finetune.training.callbacks import ExportBestModel, StopOnRequest
@@ -28,7 +29,7 @@ from lit_finetune.training.export import export_checkpoint
 
 # Key names that hold credentials (api_key, hub_token, client_secret, ...), not knobs like max_tokens.
 SECRET_KEY = re.compile(r"(^|_)(api_?key|token|secret|password|passwd)$", re.IGNORECASE)
-EXTRA_COMMANDS = {"export": export_checkpoint}  # plus `compare` and `sweep`, which take positional paths (see main)
+EXTRA_COMMANDS = {"export": export_checkpoint, "tokenizer": train_tokenizer}  # plus `compare` and `sweep`, which take positional paths (see main)
 
 
 def wandb_has_credentials() -> bool:
@@ -116,6 +117,7 @@ class LitFinetuneCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.model_name_or_path")
         parser.link_arguments("model.init_args.trust_remote_code", "data.init_args.trust_remote_code")
+        parser.link_arguments("model.init_args.tokenizer_name_or_path", "data.init_args.tokenizer_name_or_path")
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config

@@ -66,6 +66,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
         pad_to_multiple_of: int | None = None,
         cache_dir: str | None = None,
         trust_remote_code: bool = False,
+        tokenizer_name_or_path: str | None = None,
     ):
         """
         Args:
@@ -93,6 +94,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
             pad_to_multiple_of: Pad batch length to a multiple of this (8 helps tensor cores on GPU).
             cache_dir: Where tokenized datasets are cached; default ``$LIT_FINETUNE_CACHE`` or ~/.cache/lit_finetune.
             trust_remote_code: Allow the tokenizer's own code from the hub to run.
+            tokenizer_name_or_path: Tokenizer when it is not the backbone's own (linked from the model's setting).
         """
         super().__init__()
         self.save_hyperparameters()
@@ -105,7 +107,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
             raise ConfigError(f"data.num_labels: got {num_labels}; expected 1 (regression) or the number of classes")
         self.eval_batch_size = eval_batch_size or 2 * batch_size
         self.cache_root = Path(cache_dir).expanduser() if cache_dir else cache.default_cache_dir()
-        self.tokenizer = backbones.load_tokenizer(model_name_or_path, trust_remote_code)
+        self.tokenizer = backbones.load_tokenizer(model_name_or_path, trust_remote_code, tokenizer_name_or_path)
         self.tokenizer_fingerprint = cache.tokenizer_fingerprint(self.tokenizer)
         self.splits: datasets.DatasetDict | None = None
         self.id2label: dict[int, str] | None = None

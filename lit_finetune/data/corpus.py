@@ -101,6 +101,7 @@ class CorpusDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         cache_dir: str | None = None,
         trust_remote_code: bool = False,
+        tokenizer_name_or_path: str | None = None,
     ):
         """
         Args:
@@ -122,13 +123,14 @@ class CorpusDataModule(pl.LightningDataModule):
             num_workers: DataLoader worker processes.
             cache_dir: Where tokenized blocks are cached; default ``$LIT_FINETUNE_CACHE`` or ~/.cache/lit_finetune.
             trust_remote_code: Allow the tokenizer's own code from the hub to run.
+            tokenizer_name_or_path: Tokenizer when it is not the backbone's own (linked from the model's setting).
         """
         super().__init__()
         self.save_hyperparameters()
         self.files = {split: path for split, path in (("train", train_file), ("validation", validation_file)) if path}
         if not dataset_name and "train" not in self.files:
             raise ConfigError("data: give either data.dataset_name (a hub dataset) or data.train_file (local text)")
-        self.tokenizer = backbones.load_tokenizer(model_name_or_path, trust_remote_code)
+        self.tokenizer = backbones.load_tokenizer(model_name_or_path, trust_remote_code, tokenizer_name_or_path)
         # The special tokens the tokenizer wraps a single sequence in ([CLS] ... [SEP] for BERT, often none for GPT).
         body = self.tokenizer("a", add_special_tokens=False)["input_ids"]
         wrapped = self.tokenizer("a")["input_ids"]

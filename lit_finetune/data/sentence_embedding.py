@@ -70,6 +70,7 @@ class SentenceEmbeddingDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         cache_dir: str | None = None,
         trust_remote_code: bool = False,
+        tokenizer_name_or_path: str | None = None,
     ):
         """
         Args:
@@ -92,6 +93,7 @@ class SentenceEmbeddingDataModule(pl.LightningDataModule):
             num_workers: DataLoader worker processes.
             cache_dir: Where tokenized data is cached; default ``$LIT_FINETUNE_CACHE`` or ~/.cache/lit_finetune.
             trust_remote_code: Allow the tokenizer's own code from the hub to run.
+            tokenizer_name_or_path: Tokenizer when it is not the backbone's own (linked from the model's setting).
         """
         super().__init__()
         self.save_hyperparameters()
@@ -100,7 +102,7 @@ class SentenceEmbeddingDataModule(pl.LightningDataModule):
         if negative_column and not positive_column:
             raise ConfigError("data.negative_column: hard negatives need data.positive_column as well")
         self.files = {split: p for split, p in (("train", train_file), ("validation", validation_file)) if p}
-        self.tokenizer = backbones.load_tokenizer(model_name_or_path, trust_remote_code)
+        self.tokenizer = backbones.load_tokenizer(model_name_or_path, trust_remote_code, tokenizer_name_or_path)
         self.tokenizer_fingerprint = cache.tokenizer_fingerprint(self.tokenizer)
         self.cache_root = Path(cache_dir).expanduser() if cache_dir else cache.default_cache_dir()
         self.splits: datasets.DatasetDict | None = None

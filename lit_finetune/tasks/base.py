@@ -30,6 +30,7 @@ class TaskModule(pl.LightningModule):
         adam_epsilon: float = 1e-8,
         fused_adamw: bool = True,
         trust_remote_code: bool = False,
+        tokenizer_name_or_path: str | None = None,
     ):
         """
         Args:
@@ -42,6 +43,8 @@ class TaskModule(pl.LightningModule):
             adam_epsilon: AdamW epsilon.
             fused_adamw: Use PyTorch's fused AdamW kernel (faster on CPU and GPU).
             trust_remote_code: Allow model code from the hub to run (off unless you trust the repository).
+            tokenizer_name_or_path: Tokenizer folder or hub id when it is not the model's own, e.g. one trained by
+                `lit-finetune tokenizer` for a ``small:bert`` model pretrained from scratch.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -53,6 +56,14 @@ class TaskModule(pl.LightningModule):
         """The Hugging Face model for this task; called once, when the Trainer (or a checkpoint) needs it."""
         raise NotImplementedError
 
+    def load_backbone(self, model_class, model_name_or_path: str | None = None, **config_overrides) -> PreTrainedModel:
+        """`model_class` over this module's backbone (or another one), with its weights unless a checkpoint is
+        about to supply them."""
+        h = self.hparams
+        return backbones.load_model(model_name_or_path or h.model_name_or_path, model_class, h.trust_remote_code,
+                                    pretrained=self.pretrained_weights, tokenizer_name_or_path=h.tokenizer_name_or_path,
+                                    **config_overrides)
+
     @property
     def datamodule(self):
         """The Trainer's data module, if there is one (not when loading a checkpoint on its own)."""
@@ -61,7 +72,8 @@ class TaskModule(pl.LightningModule):
     def configure_model(self) -> None:
         if self.model is not None:  # Lightning calls this for every fit/validate/test/predict
             return
-        self.tokenizer = backbones.load_tokenizer(self.hparams.model_name_or_path, self.hparams.trust_remote_code)
+        h = self.hparams
+        self.tokenizer = backbones.load_tokenizer(h.model_name_or_path, h.trust_remote_code, h.tokenizer_name_or_path)
         self.model = self.build_model()
         # from_pretrained returns eval mode, and Lightning keeps submodules' modes: without this, dropout stays off.
         self.model.train()

@@ -7,7 +7,6 @@ import torch.nn.functional as F
 import torchmetrics
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
-from lit_finetune import backbones
 from lit_finetune.errors import ConfigError
 from lit_finetune.tasks.base import TaskModule
 
@@ -80,8 +79,7 @@ class SequenceClassificationModule(TaskModule):
         for split in SPLITS:  # one collection per split: train_metrics, val_metrics, test_metrics
             setattr(self, f"{split}_metrics", split_metrics(self.num_labels).clone(prefix=f"{split}/"))
         self.best = torchmetrics.MaxMetric()  # both accuracy and Spearman: higher is better
-        return backbones.load_model(h.model_name_or_path, AutoModelForSequenceClassification,
-                                    h.trust_remote_code, pretrained=self.pretrained_weights, **overrides)
+        return self.load_backbone(AutoModelForSequenceClassification, **overrides)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)

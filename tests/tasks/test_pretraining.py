@@ -6,11 +6,11 @@ import random
 
 import pytest
 import torch
-from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
+from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
 
 import wandb
 
-from helpers import REPO, logged_values, tiny_args, wandb_records
+from helpers import REPO, logged_values, run_cli, tiny_args, wandb_records
 from lit_finetune import backbones
 from lit_finetune.cli import LitFinetuneCLI
 from lit_finetune.errors import ConfigError
@@ -174,3 +174,29 @@ def test_electra_trains_and_exports_the_discriminator_for_fine_tuning(corpus_fil
         assert logged_values(run, part)[-1] < logged_values(run, part)[0], part
     classifier = AutoModelForSequenceClassification.from_pretrained(run / "export", num_labels=2)
     assert torch.equal(classifier.electra.embeddings.word_embeddings.weight, shared.detach())
+
+
+@pytest.mark.parametrize("kind, config, model", [("wordpiece", "mlm.yaml", "tiny:bert"),
+                                                 ("bpe", "clm.yaml", "tiny:gpt2")])
+def test_pretraining_from_scratch_with_a_tokenizer_trained_on_the_corpus(kind, config, model, corpus_file, tmp_path):
+    tokenizer_dir = tmp_path / f"tokenizer-{kind}"
+    run_cli("tokenizer", f"--train_file={corpus_file}", f"--output_dir={tokenizer_dir}", f"--kind={kind}",
+            "--vocab_size=300")
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    assert len(tokenizer) <= 300 and tokenizer.is_fast
+    assert (tokenizer.mask_token is not None) == (kind == "wordpiece")
+    cli = LitFinetuneCLI(args=["fit", *pretrain_args(config, corpus_file, tmp_path / "run",
+                                                     f"--model.init_args.model_name_or_path={model}",
+                                                     f"--model.init_args.tokenizer_name_or_path={tokenizer_dir}")])
+    assert cli.model.model.config.vocab_size == len(tokenizer) == len(cli.datamodule.tokenizer)
+    perplexity = logged_values(tmp_path / "run", "val/perplexity")
+    assert perplexity[-1] < perplexity[0] < len(tokenizer) * 2
+    exported = AutoTokenizer.from_pretrained(tmp_path / "run" / "export")
+    assert exported.get_vocab() == tokenizer.get_vocab()  # the export carries the trained tokenizer
+
+
+def test_size_presets_build_from_config():
+    small = backbones.load_model("small:bert", AutoModelForMaskedLM)
+    assert (small.config.hidden_size, small.config.num_hidden_layers) == (256, 4)
+    with pytest.raises(ConfigError, match=r"'huge:bert' is a hub id that is not in the local cache"):
+        backbones.resolve("huge:bert")  # not a size preset

@@ -8,7 +8,6 @@ import torch
 import torchmetrics
 from transformers import ElectraForMaskedLM, ElectraForPreTraining, PreTrainedModel
 
-from lit_finetune import backbones
 from lit_finetune.errors import ConfigError
 from lit_finetune.tasks.base import TaskModule
 from lit_finetune.tasks.pretraining.masking import mask_tokens, select_tokens
@@ -84,11 +83,9 @@ class ElectraPretrainingModule(TaskModule):
         if self.tokenizer.mask_token_id is None:
             raise ConfigError(f"model.model_name_or_path: the tokenizer of {h.model_name_or_path!r} has no mask "
                               "token, which the generator needs")
-        discriminator = backbones.load_model(h.model_name_or_path, ElectraForPreTraining, h.trust_remote_code,
-                                             pretrained=self.pretrained_weights)
+        discriminator = self.load_backbone(ElectraForPreTraining)
         if h.generator_name_or_path:
-            self.generator = backbones.load_model(h.generator_name_or_path, ElectraForMaskedLM, h.trust_remote_code,
-                                                  pretrained=self.pretrained_weights)
+            self.generator = self.load_backbone(ElectraForMaskedLM, h.generator_name_or_path)
         else:
             self.generator = ElectraForMaskedLM(generator_config(discriminator.config, h.generator_size))
         # Shared token, position and type embeddings; the generator's output layer stays tied to them.

@@ -8,7 +8,6 @@ import torch
 import torchmetrics
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, PreTrainedModel
 
-from lit_finetune import backbones
 from lit_finetune.errors import ConfigError
 from lit_finetune.tasks.base import TaskModule
 from lit_finetune.tasks.pretraining.masking import IGNORE, mask_tokens, select_tokens
@@ -28,9 +27,7 @@ class LanguageModelingModule(TaskModule):
             setattr(self, f"{split}_token_acc", torchmetrics.MeanMetric())
 
     def build_model(self) -> PreTrainedModel:
-        h = self.hparams
-        return backbones.load_model(h.model_name_or_path, self.auto_class, h.trust_remote_code,
-                                    pretrained=self.pretrained_weights)
+        return self.load_backbone(self.auto_class)
 
     def inputs_and_labels(self, batch: dict, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError

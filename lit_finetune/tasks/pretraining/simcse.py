@@ -11,7 +11,6 @@ import torch.nn.functional as F
 import torchmetrics
 from transformers import AutoModel, PreTrainedModel
 
-from lit_finetune import backbones
 from lit_finetune.errors import ConfigError
 from lit_finetune.tasks.base import TaskModule
 from lit_finetune.training.export import atomic_directory
@@ -52,9 +51,7 @@ class SimCSEModule(TaskModule):
         self.val_pearson = torchmetrics.PearsonCorrCoef()
 
     def build_model(self) -> PreTrainedModel:
-        h = self.hparams
-        return backbones.load_model(h.model_name_or_path, AutoModel, h.trust_remote_code,
-                                    pretrained=self.pretrained_weights)
+        return self.load_backbone(AutoModel)
 
     def encode(self, batch: dict, prefix: str = "") -> torch.Tensor:
         mask = batch[f"{prefix}attention_mask"]

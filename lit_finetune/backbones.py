@@ -62,6 +62,13 @@ def resolve(model_name_or_path: str, key: str = "model.model_name_or_path", mark
         return str(path)
     if model_name_or_path.startswith((".", "/", "~")) or model_name_or_path.count("/") > 1:
         raise ConfigError(f"{key}: folder {model_name_or_path!r} does not exist")
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(model_name_or_path)
+    except HFValidationError:
+        raise ConfigError(f"{key}: {model_name_or_path!r} is not a local folder, a hub id (owner/name) or a size "
+                          f"preset ({'|'.join(PRESET_SIZES)}:<model_type>, e.g. small:bert)") from None
     if _offline():
         from huggingface_hub import try_to_load_from_cache
 

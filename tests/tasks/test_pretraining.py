@@ -198,5 +198,6 @@ def test_pretraining_from_scratch_with_a_tokenizer_trained_on_the_corpus(kind, c
 def test_size_presets_build_from_config():
     small = backbones.load_model("small:bert", AutoModelForMaskedLM)
     assert (small.config.hidden_size, small.config.num_hidden_layers) == (256, 4)
-    with pytest.raises(ConfigError, match=r"'huge:bert' is a hub id that is not in the local cache"):
-        backbones.resolve("huge:bert")  # not a size preset
+    with pytest.raises(ConfigError, match=r"'huge:bert' is not a local folder, a hub id \(owner/name\) or a size "
+                                          r"preset \(tiny\|small\|base:<model_type>"):
+        backbones.resolve("huge:bert")

@@ -30,7 +30,7 @@ def test_local_folder_round_trip(tmp_path):
 
 
 def test_folder_without_config_is_explained(tmp_path):
-    with pytest.raises(ConfigError, match=r"has no config.json; expected a Hugging Face model folder"):
+    with pytest.raises(ConfigError, match=r"has no config.json; expected a Hugging Face folder"):
         backbones.resolve(str(tmp_path))
 
 

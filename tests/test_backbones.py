@@ -41,7 +41,7 @@ def test_missing_local_path_is_not_mistaken_for_a_hub_id(tmp_path):
 
 def test_uncached_hub_id_offline_fails_at_once_with_the_fix():
     with pytest.raises(ConfigError, match=r"not in the local cache, and HF_HUB_OFFLINE is set. Point it at a local "
-                                          r"model folder"):
+                                          r"folder instead"):
         backbones.resolve("some-org/some-model-that-is-not-cached")
 
 

@@ -11,15 +11,14 @@ import os
 from pathlib import Path
 
 import datasets
-import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from lit_finetune import backbones
 from lit_finetune.data import cache, readers
+from lit_finetune.data.base import TokenizedDataModule
 from lit_finetune.errors import ConfigError, DataError
 
 class PaddingCollator:
@@ -37,7 +36,7 @@ class PaddingCollator:
         return batch
 
 
-class TextClassificationDataModule(pl.LightningDataModule):
+class TextClassificationDataModule(TokenizedDataModule):
     """Sequence / pair classification and regression data from hub datasets or local csv, tsv, json(l), parquet."""
 
     def __init__(
@@ -56,21 +55,15 @@ class TextClassificationDataModule(pl.LightningDataModule):
         num_labels: int | None = None,
         label_names: list[str] | None = None,
         max_length: int = 128,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
         group_by_length: bool = False,
         validation_fraction: float = 0.1,
         max_train_examples: int | None = None,
         seed: int = 42,
-        num_workers: int = 0,
         pad_to_multiple_of: int | None = None,
-        cache_dir: str | None = None,
-        trust_remote_code: bool = False,
-        tokenizer_name_or_path: str | None = None,
+        **kwargs,
     ):
         """
         Args:
-            model_name_or_path: Backbone whose tokenizer is used (linked from the model's own setting).
             dataset_name: Hub dataset id (e.g. ``stanfordnlp/sst2``); leave unset to read local files.
             dataset_config: Hub dataset configuration name, if the dataset has several.
             train_file: Local training file (csv, tsv, json, jsonl or parquet).
@@ -84,20 +77,14 @@ class TextClassificationDataModule(pl.LightningDataModule):
             num_labels: Number of classes, checked against the data (1 means regression); inferred when unset.
             label_names: Class names in id order, to name integer labels or fix the order of string labels.
             max_length: Longest tokenized input; longer ones are truncated and counted in the log.
-            batch_size: Training examples per batch (per device).
-            eval_batch_size: Examples per batch for validation/test/predict; defaults to 2 x batch_size.
             group_by_length: Sample training batches of similar length (less padding, faster epochs).
             validation_fraction: Share of train held out (stratified, seeded) when there is no validation split.
             max_train_examples: Keep only the first N training examples (quick runs, learning curves).
             seed: Seed for the validation hold-out and length-grouped sampling.
-            num_workers: DataLoader worker processes.
             pad_to_multiple_of: Pad batch length to a multiple of this (8 helps tensor cores on GPU).
-            cache_dir: Where tokenized datasets are cached; default ``$LIT_FINETUNE_CACHE`` or ~/.cache/lit_finetune.
-            trust_remote_code: Allow the tokenizer's own code from the hub to run.
-            tokenizer_name_or_path: Tokenizer when it is not the backbone's own (linked from the model's setting).
+            **kwargs: Tokenizer, batch sizes, workers and cache (see TokenizedDataModule).
         """
-        super().__init__()
-        self.save_hyperparameters()
+        super().__init__(model_name_or_path=model_name_or_path, **kwargs)
         files = {"train": train_file, "validation": validation_file, "test": test_file, "predict": predict_file}
         self.files = {split: path for split, path in files.items() if path}
         if not dataset_name and "train" not in self.files and "predict" not in self.files and "test" not in self.files:
@@ -105,10 +92,6 @@ class TextClassificationDataModule(pl.LightningDataModule):
                               "(data.train_file, data.validation_file, data.test_file, data.predict_file)")
         if num_labels is not None and num_labels < 1:
             raise ConfigError(f"data.num_labels: got {num_labels}; expected 1 (regression) or the number of classes")
-        self.eval_batch_size = eval_batch_size or 2 * batch_size
-        self.cache_root = Path(cache_dir).expanduser() if cache_dir else cache.default_cache_dir()
-        self.tokenizer = backbones.load_tokenizer(model_name_or_path, trust_remote_code, tokenizer_name_or_path)
-        self.tokenizer_fingerprint = cache.tokenizer_fingerprint(self.tokenizer)
         self.splits: datasets.DatasetDict | None = None
         self.id2label: dict[int, str] | None = None
 
@@ -341,10 +324,8 @@ class TextClassificationDataModule(pl.LightningDataModule):
             generator = torch.Generator().manual_seed(self.hparams.seed)
             lengths = readers.column(ds, "length").to_pylist()
             sampler = LengthGroupedSampler(self.hparams.batch_size, lengths=lengths, generator=generator)
-        return DataLoader(ds, batch_size=self.hparams.batch_size if train else self.eval_batch_size,
-                          shuffle=train and sampler is None, sampler=sampler,
-                          collate_fn=PaddingCollator(self.tokenizer, self.hparams.pad_to_multiple_of),
-                          num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0)
+        collate = PaddingCollator(self.tokenizer, self.hparams.pad_to_multiple_of)
+        return self.dataloader(ds, train, collate, sampler=sampler)
 
     def train_dataloader(self) -> DataLoader:
         return self.loader("train", train=True)

@@ -21,13 +21,12 @@ from pathlib import Path
 from typing import Literal
 
 import datasets
-import lightning.pytorch as pl
 import torch
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader
 
-from lit_finetune import backbones
 from lit_finetune.data import cache, readers
+from lit_finetune.data.base import TokenizedDataModule
 from lit_finetune.errors import ConfigError, DataError
 
 TxtDocuments = Literal["line", "blank_line", "file"]
@@ -73,7 +72,7 @@ class BlockCollator:
         return batch
 
 
-class CorpusDataModule(pl.LightningDataModule):
+class CorpusDataModule(TokenizedDataModule):
     """Text for masked / causal / replaced-token pretraining, packed into fixed-length blocks.
 
     Features: hub datasets or local .txt (documents by line, paragraph or file), .jsonl / .json / .parquet / .csv with
@@ -93,19 +92,13 @@ class CorpusDataModule(pl.LightningDataModule):
         txt_documents: TxtDocuments = "line",
         examples: Examples = "blocks",
         max_length: int = 128,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
         validation_fraction: float = 0.05,
         max_train_documents: int | None = None,
         seed: int = 42,
-        num_workers: int = 0,
-        cache_dir: str | None = None,
-        trust_remote_code: bool = False,
-        tokenizer_name_or_path: str | None = None,
+        **kwargs,
     ):
         """
         Args:
-            model_name_or_path: Backbone whose tokenizer is used (linked from the model's own setting).
             dataset_name: Hub dataset id (e.g. ``Salesforce/wikitext``); leave unset to read local files.
             dataset_config: Hub dataset configuration name (e.g. ``wikitext-2-raw-v1``).
             train_file: Local training text: .txt, .jsonl, .json, .parquet, .csv or .tsv.
@@ -115,22 +108,15 @@ class CorpusDataModule(pl.LightningDataModule):
             examples: ``blocks`` (masked / causal LM, ELECTRA), or sentence pairs for ``nsp`` (BERT's next-sentence
                 prediction) or ``sop`` (ALBERT's sentence-order prediction).
             max_length: Tokens per block or pair, special tokens included.
-            batch_size: Blocks per training batch.
-            eval_batch_size: Blocks per validation batch (default: twice batch_size).
             validation_fraction: Share of training documents held out when there is no validation data.
             max_train_documents: Keep only the first N training documents (quick runs, fixed budgets).
             seed: Seed for the validation hold-out and for drawing sentence pairs.
-            num_workers: DataLoader worker processes.
-            cache_dir: Where tokenized blocks are cached; default ``$LIT_FINETUNE_CACHE`` or ~/.cache/lit_finetune.
-            trust_remote_code: Allow the tokenizer's own code from the hub to run.
-            tokenizer_name_or_path: Tokenizer when it is not the backbone's own (linked from the model's setting).
+            **kwargs: Tokenizer, batch sizes (in blocks or pairs), workers and cache (see TokenizedDataModule).
         """
-        super().__init__()
-        self.save_hyperparameters()
+        super().__init__(model_name_or_path=model_name_or_path, **kwargs)
         self.files = {split: path for split, path in (("train", train_file), ("validation", validation_file)) if path}
         if not dataset_name and "train" not in self.files:
             raise ConfigError("data: give either data.dataset_name (a hub dataset) or data.train_file (local text)")
-        self.tokenizer = backbones.load_tokenizer(model_name_or_path, trust_remote_code, tokenizer_name_or_path)
         # The special tokens the tokenizer wraps a single sequence in ([CLS] ... [SEP] for BERT, often none for GPT).
         body = self.tokenizer("a", add_special_tokens=False)["input_ids"]
         wrapped = self.tokenizer("a")["input_ids"]
@@ -142,9 +128,6 @@ class CorpusDataModule(pl.LightningDataModule):
                               "special tokens; expected at least 8")
         self.separator_id = self.tokenizer.sep_token_id if self.tokenizer.sep_token_id is not None \
             else self.tokenizer.eos_token_id
-        self.eval_batch_size = eval_batch_size or 2 * batch_size
-        self.cache_root = Path(cache_dir).expanduser() if cache_dir else cache.default_cache_dir()
-        self.tokenizer_fingerprint = cache.tokenizer_fingerprint(self.tokenizer)
         self.splits: datasets.DatasetDict | None = None
 
     def cache_path(self) -> Path:
@@ -300,10 +283,8 @@ class CorpusDataModule(pl.LightningDataModule):
         self.splits, self.meta = cache.load(self.cache_path())
 
     def loader(self, split: str, train: bool = False) -> DataLoader:
-        return DataLoader(self.splits[split].with_format("numpy"), shuffle=train,
-                          batch_size=self.hparams.batch_size if train else self.eval_batch_size,
-                          collate_fn=BlockCollator(self.tokenizer.pad_token_id or 0),
-                          num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0)
+        collate = BlockCollator(self.tokenizer.pad_token_id or 0)
+        return self.dataloader(self.splits[split].with_format("numpy"), train, collate)
 
     def train_dataloader(self) -> DataLoader:
         return self.loader("train", train=True)

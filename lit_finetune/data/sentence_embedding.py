@@ -12,12 +12,11 @@ import os
 from pathlib import Path
 
 import datasets
-import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
-from lit_finetune import backbones
 from lit_finetune.data import cache, readers
+from lit_finetune.data.base import TokenizedDataModule
 from lit_finetune.data.corpus import split_documents
 from lit_finetune.errors import ConfigError, DataError
 
@@ -43,7 +42,7 @@ class SentenceGroupsCollator:
         return batch
 
 
-class SentenceEmbeddingDataModule(pl.LightningDataModule):
+class SentenceEmbeddingDataModule(TokenizedDataModule):
     """Training sentences (unsupervised SimCSE) or sentence / positive (/ hard negative) rows (supervised), and
     STS-style validation pairs with a similarity score.
 
@@ -64,17 +63,12 @@ class SentenceEmbeddingDataModule(pl.LightningDataModule):
         sentence2_column: str = "sentence2",
         score_column: str = "score",
         max_length: int = 32,
-        batch_size: int = 64,
-        eval_batch_size: int | None = None,
         max_train_examples: int | None = None,
-        num_workers: int = 0,
-        cache_dir: str | None = None,
-        trust_remote_code: bool = False,
-        tokenizer_name_or_path: str | None = None,
+        batch_size: int = 64,
+        **kwargs,
     ):
         """
         Args:
-            model_name_or_path: Backbone whose tokenizer is used (linked from the model's own setting).
             train_file: Local training sentences: .txt (one per line) or csv / tsv / jsonl / json / parquet.
             train_dataset: Hub dataset for training (its ``train`` split), instead of a file.
             validation_file: Local STS-style pairs: two sentence columns and a similarity score.
@@ -87,24 +81,16 @@ class SentenceEmbeddingDataModule(pl.LightningDataModule):
             sentence2_column: Second sentence of a validation pair.
             score_column: Gold similarity of a validation pair (any scale; only the ranking matters).
             max_length: Tokens per sentence, special tokens included (longer sentences are truncated).
-            batch_size: Sentences per training batch; the other sentences of the batch are the negatives.
-            eval_batch_size: Pairs per validation batch (default: batch_size).
             max_train_examples: Keep only the first N training rows.
-            num_workers: DataLoader worker processes.
-            cache_dir: Where tokenized data is cached; default ``$LIT_FINETUNE_CACHE`` or ~/.cache/lit_finetune.
-            trust_remote_code: Allow the tokenizer's own code from the hub to run.
-            tokenizer_name_or_path: Tokenizer when it is not the backbone's own (linked from the model's setting).
+            batch_size: Sentences per training batch; the other sentences of the batch are the negatives.
+            **kwargs: Tokenizer, evaluation batch size, workers and cache (see TokenizedDataModule).
         """
-        super().__init__()
-        self.save_hyperparameters()
+        super().__init__(model_name_or_path=model_name_or_path, batch_size=batch_size, **kwargs)
         if not (train_file or train_dataset):
             raise ConfigError("data: give data.train_file or data.train_dataset (the training sentences)")
         if negative_column and not positive_column:
             raise ConfigError("data.negative_column: hard negatives need data.positive_column as well")
         self.files = {split: p for split, p in (("train", train_file), ("validation", validation_file)) if p}
-        self.tokenizer = backbones.load_tokenizer(model_name_or_path, trust_remote_code, tokenizer_name_or_path)
-        self.tokenizer_fingerprint = cache.tokenizer_fingerprint(self.tokenizer)
-        self.cache_root = Path(cache_dir).expanduser() if cache_dir else cache.default_cache_dir()
         self.splits: datasets.DatasetDict | None = None
 
     def cache_path(self) -> Path:
@@ -182,11 +168,8 @@ class SentenceEmbeddingDataModule(pl.LightningDataModule):
                               "data.validation_dataset")
 
     def loader(self, split: str, train: bool = False) -> DataLoader:
-        batch_size = self.hparams.batch_size if train else self.hparams.eval_batch_size or self.hparams.batch_size
         # drop_last: every training batch has the full set of in-batch negatives.
-        return DataLoader(self.splits[split], batch_size=batch_size, shuffle=train, drop_last=train,
-                          collate_fn=SentenceGroupsCollator(self.tokenizer), num_workers=self.hparams.num_workers,
-                          persistent_workers=self.hparams.num_workers > 0)
+        return self.dataloader(self.splits[split], train, SentenceGroupsCollator(self.tokenizer), drop_last=train)
 
     def train_dataloader(self) -> DataLoader:
         return self.loader("train", train=True)

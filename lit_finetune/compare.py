@@ -46,13 +46,13 @@ class Run:
     def status(self) -> str:
         return self.record.get("status") or ("incomplete" if self.history else "no metrics")
 
-    def curve(self, metric: str) -> list[tuple[int, float]]:
-        """(epoch, value) of every logged value of `metric`, one per step: a resumed run logs again the steps after
-        its last checkpoint, and the later value wins."""
+    def curve(self, metric: str) -> list[tuple[int, int, float]]:
+        """(epoch, step, value) of every logged value of `metric`, one per step: a resumed run logs again the steps
+        after its last checkpoint, and the later value wins."""
         points = {}
         for row in self.history:
             if row.get(metric):
-                points[row.get("step")] = (int(row["epoch"]), float(row[metric]))
+                points[row.get("step")] = (int(row["epoch"]), int(row.get("step") or 0), float(row[metric]))
         return list(points.values())
 
     @classmethod
@@ -79,9 +79,9 @@ def summarize(runs: list[Run], metric: str, goal: str) -> list[dict]:
     rows = []
     for run in runs:
         curve = run.curve(metric)
-        best_epoch, best = pick(curve, key=lambda point: point[1]) if curve else (None, None)
+        best_epoch, _, best = pick(curve, key=lambda point: point[2]) if curve else (None, None, None)
         rows.append({"run": run.name, **{k: run.config.get(k) for k in varied}, f"best {metric}": best,
-                     f"last {metric}": curve[-1][1] if curve else None, "best epoch": best_epoch,
+                     f"last {metric}": curve[-1][2] if curve else None, "best epoch": best_epoch,
                      "wall s": run.record.get("wall_s"), "status": run.status})
     missing = float("-inf") if goal == "maximize" else float("inf")
     rows.sort(key=lambda row: row[f"best {metric}"] if row[f"best {metric}"] is not None else missing,
@@ -116,7 +116,8 @@ def write_csv(rows: list[dict], path: Path) -> None:
 
 
 def plot(runs: list[Run], rows: list[dict], varied: list[str], metric: str, path: Path) -> None:
-    """Left: the metric per epoch for every run; then one panel per varied hyperparameter against the best value."""
+    """Left: the metric over training steps for every run; then one panel per varied hyperparameter against the best
+    value."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display needed
@@ -126,10 +127,9 @@ def plot(runs: list[Run], rows: list[dict], varied: list[str], metric: str, path
     curves = axes[0][0]
     for run in runs:
         points = run.curve(metric)
-        if points:
-            curves.plot([e for e, _ in points], [v for _, v in points], marker="o", label=run.name)
-    curves.set(title=f"{metric} per epoch", xlabel="epoch", ylabel=metric)
-    curves.xaxis.get_major_locator().set_params(integer=True)
+        if points:  # by step: runs may validate several times per epoch
+            curves.plot([step for _, step, _ in points], [v for _, _, v in points], marker="o", label=run.name)
+    curves.set(title=f"{metric} during training", xlabel="step", ylabel=metric)
     curves.legend(fontsize="small")
     best = f"best {metric}"
     for ax, key in zip(axes[0][1:], varied):

@@ -54,7 +54,7 @@ class Trial:
 
     def history(self, folder: Path, metric: str) -> list[float]:
         try:
-            return [value for _, value in compare.Run.read(folder).curve(metric)]
+            return [value for _, _, value in compare.Run.read(folder).curve(metric)]
         except ConfigError:  # not started yet
             return []
 

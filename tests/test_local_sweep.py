@@ -125,8 +125,8 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, b
     # Continued from its last checkpoint: one value per epoch (metrics.csv may hold a value logged after that
     # checkpoint, which the resumed run logs again, and compare keeps the later one).
     resumed = compare.Run.read(second).curve("val/acc")
-    assert [epoch for epoch, _ in resumed] == list(range(30))
-    assert [value for _, value in resumed[:len(done_before) - 1]] == done_before[:-1]
+    assert [epoch for epoch, _, _ in resumed] == list(range(30))
+    assert [value for _, _, value in resumed[:len(done_before) - 1]] == done_before[:-1]
     assert "trial-000:" not in result.stdout  # a trial's progress lines: only trial-001 and trial-002 ran
 
 

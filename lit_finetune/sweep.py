@@ -34,8 +34,7 @@ with warnings.catch_warnings():  # sweeps 0.2 still declares pydantic-1 config k
 
 STATE_FILE = "sweep.json"
 STOP_FILE = "STOP"  # what StopOnRequest watches in a trial's folder
-ARG_MACROS = {"${args}": "args", "${args_no_hyphens}": "args_no_hyphens", "${args_json}": "args_json",
-              "${args_no_boolean_flags}": "args_no_boolean_flags"}
+ARG_MACROS = ("${args}", "${args_no_hyphens}", "${args_json}", "${args_no_boolean_flags}")  # W&B's agent's
 ENGINE_STATE = {"finished": "finished", "stopped": "finished", "failed": "failed", "running": "running",
                 "interrupted": "running"}  # our trial states -> the search engine's run states
 
@@ -112,9 +111,9 @@ def schema_problems(spec: dict) -> list[str]:
     return problems
 
 
-def fit_command(spec: dict) -> tuple[list[str], str]:
-    """The file's `command` split into the `lit-finetune fit` arguments before the sweep's parameters, and the macro
-    that carries them (W&B's agent understands the same command)."""
+def fit_command(spec: dict) -> list[str]:
+    """The `lit-finetune fit` arguments of the file's `command`, without the ${args} that W&B's agent fills with
+    the parameters (the runner adds them itself)."""
     command = [str(c) for c in spec.get("command") or []]
     while command and command[0] in ("${env}", "/usr/bin/env"):
         command = command[1:]
@@ -128,7 +127,7 @@ def fit_command(spec: dict) -> tuple[list[str], str]:
     macros = [c for c in rest if c in ARG_MACROS]
     if macros != ["${args}"]:
         raise ConfigError("sweep: command: must pass the parameters once, as ${args} (--key=value flags)")
-    return [c for c in rest if c != "${args}"], "${args}"
+    return [c for c in rest if c != "${args}"]
 
 
 def parameter_flags(params: dict) -> list[str]:
@@ -199,7 +198,7 @@ def validate(spec: dict, extra_args: list[str], source: Path) -> list[str]:
     problems = schema_problems(spec)
     if problems:
         raise ConfigError(f"sweep: {source} does not follow W&B's sweep schema:\n  " + "\n  ".join(problems))
-    base_args, _ = fit_command(spec)
+    base_args = fit_command(spec)
     check_parameters(spec, base_args + extra_args)
     return base_args + extra_args
 
@@ -267,7 +266,10 @@ class LocalSweep:
         self.state.save(self.state_path)
         flags = " ".join(f"{k}={compare.cell(v)}" for k, v in trial.params.items())
         print(f"{trial.name}: {flags}  (log: {log_path})", flush=True)
-        env = {**os.environ, "WANDB_RUN_GROUP": self.state.sweep_id}  # the trials' W&B group
+        # The trials' W&B group; and no inherited WANDB_SERVICE: each trial runs its own W&B service, as from a
+        # shell (a shared one would hold an interrupted trial's run open, and its resume would find the id in use).
+        env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+        env["WANDB_RUN_GROUP"] = self.state.sweep_id
         started, stop_requested = time.time(), False
         with log_path.open("a", encoding="utf-8") as log:
             # Own session: a Ctrl-C reaches only this runner, which passes one SIGINT on to the trial.
@@ -300,7 +302,7 @@ class LocalSweep:
         else:
             trial.state = "stopped" if stop_requested else "finished"
             best = (max if self.spec["metric"].get("goal") == "maximize" else min)(history) if history else None
-            print(f"{trial.name}: {trial.state} in {trial.wall_s:.0f} s; {self.metric} best {best} "
+            print(f"{trial.name}: {trial.state} in {trial.wall_s:.0f} s; {self.metric} best {compare.cell(best)} "
                   f"over {len(history)} validations", flush=True)
         self.state.save(self.state_path)
         if proc.returncode == 0 and not history:  # every further trial would be blind too
@@ -346,10 +348,11 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--sweep_dir", type=Path, help="sweep folder (default runs/sweep-<file name>)")
     parser.add_argument("--poll_s", type=float, default=2.0, help="seconds between looks at a running trial's metrics")
     args = parser.parse_args(argv)
+    method = read_spec(args.sweep_file).get("method")
+    if args.count is None and method != "grid":
+        raise ConfigError(f"sweep: --count is required for a {method} search (it never runs out)")
     sweep = LocalSweep(args.sweep_file, args.sweep_dir or Path("runs") / f"sweep-{args.sweep_file.stem}", fit_args,
                        args.poll_s)
-    if args.count is None and sweep.spec["method"] != "grid":
-        raise ConfigError(f"sweep: --count is required for a {sweep.spec['method']} search (it never runs out)")
     try:
         sweep.run(args.count)
     except KeyboardInterrupt:

@@ -58,10 +58,16 @@ def tiny_args(data: dict[str, Path], run_dir: Path, *extra: str, config: Path = 
     return args + list(extra)
 
 
+def shell_env(extra: dict | None = None) -> dict:
+    """The environment of a user's shell: offline, and without the W&B service that in-process tests started
+    (wandb exports WANDB_SERVICE, and child processes would share that service instead of running their own)."""
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    return {**env, **OFFLINE_ENV, **(extra or {})}
+
+
 def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
     """Run `lit-finetune` in a subprocess, as a user would."""
-    full_env = {**os.environ, **OFFLINE_ENV, **(env or {})}
-    result = subprocess.run([sys.executable, "-m", "lit_finetune", *args], cwd=cwd, env=full_env,
+    result = subprocess.run([sys.executable, "-m", "lit_finetune", *args], cwd=cwd, env=shell_env(env),
                             capture_output=True, text=True, timeout=600)
     if check and result.returncode != 0:
         raise AssertionError(f"lit-finetune {' '.join(args)} failed ({result.returncode}):\n"

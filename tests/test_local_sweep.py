@@ -8,9 +8,10 @@ import sys
 import time
 
 import pytest
+import wandb
 import yaml
 
-from helpers import OFFLINE_ENV, QUICKSTART, REPO, logged_values, run_cli, wandb_records
+from helpers import QUICKSTART, REPO, logged_values, run_cli, shell_env, wandb_records
 from lit_finetune import compare, sweep
 from lit_finetune.errors import ConfigError
 
@@ -102,8 +103,13 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, b
     spec = sweep_file(tmp_path, base_config, "grid", {"model.learning_rate": {"values": [3e-3, 1e-3, 3e-4]}})
     sweep_dir = tmp_path / "sweep"
     args = ["sweep", spec, "--sweep_dir", str(sweep_dir), "--poll_s", "0.2", "--", "--trainer.max_epochs=30"]
-    runner = subprocess.Popen([sys.executable, "-m", "lit_finetune", *args], cwd=REPO, text=True,
-                              env={**os.environ, **OFFLINE_ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # Started from a process that runs a W&B service (as a notebook would): trials must not share it, or the
+    # interrupted trial's run stays open there and its resume fails with "run ID is in use".
+    wandb.init(mode="offline", dir=tmp_path)
+    wandb.finish()
+    env = shell_env({"WANDB_SERVICE": os.environ["WANDB_SERVICE"]})
+    runner = subprocess.Popen([sys.executable, "-m", "lit_finetune", *args], cwd=REPO, text=True, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     second = sweep_dir / "trial-001"
     deadline = time.time() + 300
     while not ((second / "checkpoints" / "last.ckpt").exists() and len(logged_values(second, "val/acc")) >= 2):
@@ -117,7 +123,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, b
     first_metrics = (sweep_dir / "trial-000" / "metrics.csv").read_text()
     done_before = logged_values(second, "val/acc")
 
-    result = run_cli(*args)
+    result = run_cli(*args, env={"WANDB_SERVICE": os.environ["WANDB_SERVICE"]})
     assert "Resuming sweep" in result.stdout
     trials = state(sweep_dir)["trials"]
     assert [t["state"] for t in trials] == ["finished", "finished", "finished"] and trials[1]["attempts"] == 2
@@ -175,3 +181,10 @@ def test_a_changed_sweep_file_does_not_resume_into_the_old_folder(tmp_path, base
     sweep.Path(spec).write_text(yaml.safe_dump(changed))
     with pytest.raises(ConfigError, match="started from a different sweep file"):
         sweep.LocalSweep(sweep.Path(spec), sweep_dir, [])
+
+
+def test_random_and_bayes_sweeps_need_a_count(tmp_path, base_config):
+    spec = sweep_file(tmp_path, base_config, "bayes", {"model.learning_rate": {"min": 1e-4, "max": 1e-2}})
+    with pytest.raises(ConfigError, match=r"--count is required for a bayes search"):
+        sweep.main([spec, "--sweep_dir", str(tmp_path / "sweep")])
+    assert not (tmp_path / "sweep").exists()

@@ -353,6 +353,10 @@ def main(argv: list[str]) -> None:
         raise ConfigError(f"sweep: --count is required for a {method} search (it never runs out)")
     sweep = LocalSweep(args.sweep_file, args.sweep_dir or Path("runs") / f"sweep-{args.sweep_file.stem}", fit_args,
                        args.poll_s)
+    # Ctrl-C and SIGTERM stop the sweep cleanly, even when started where SIGINT was ignored (a background job), which
+    # trials would otherwise inherit too.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         sweep.run(args.count)
     except KeyboardInterrupt:

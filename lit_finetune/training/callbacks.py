@@ -1,10 +1,12 @@
-"""Callbacks runs can use: write predictions, export the best checkpoint at the end of fit, stop on request, and show
-what a language model generates."""
+"""Callbacks runs can use: write predictions, export the best checkpoint at the end of fit, stop on request, show
+what a language model generates, and measure training speed and memory."""
 
 from __future__ import annotations
 
 import csv
 import json
+import resource
+import time
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -172,3 +174,38 @@ class GenerationSamples(pl.Callback):
             if isinstance(logger, WandbLogger):
                 logger.log_text("val/samples", columns=list(rows[0]), data=[list(r.values()) for r in rows],
                                 step=trainer.global_step)
+
+
+class Throughput(pl.Callback):
+    """Logs training speed and memory each epoch: ``perf/samples_per_s``, ``perf/tokens_per_s`` (non-padding
+    tokens), ``perf/peak_rss_mb`` (this process) and, on a GPU, ``perf/peak_gpu_mb``. Only time spent in training
+    batches counts (not validation, checkpointing or start-up)."""
+
+    def __init__(self):
+        self.seconds = 0.0
+        self.samples = 0
+        self.tokens = 0
+        self.batch_started = 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.seconds, self.samples, self.tokens = 0.0, 0, 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.batch_started = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.seconds += time.perf_counter() - self.batch_started
+        mask = batch.get("attention_mask", batch["input_ids"])
+        self.samples += len(mask)
+        self.tokens += int(mask.sum()) if "attention_mask" in batch else mask.numel()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if not self.seconds:
+            return
+        metrics = {"perf/samples_per_s": self.samples / self.seconds, "perf/tokens_per_s": self.tokens / self.seconds,
+                   "perf/peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        if pl_module.device.type == "cuda":
+            metrics["perf/peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        pl_module.log_dict(metrics)

@@ -84,6 +84,10 @@ def test_objective_trains_with_falling_loss(config, acc, corpus_file, tmp_path):
     assert len(perplexity) == 3 and perplexity[-1] < 0.5 * perplexity[0]
     accuracy = logged_values(tmp_path / "run", acc)
     assert len(accuracy) == 3 and all(0 < a <= 1 for a in accuracy)  # too few steps to rise reliably; loss does
+    # The Throughput callback: full 32-token blocks, so tokens/s is exactly 32 x samples/s.
+    tokens, samples = logged_values(tmp_path / "run", "perf/tokens_per_s"), logged_values(tmp_path / "run", "perf/samples_per_s")
+    assert len(tokens) == 3 and tokens == pytest.approx([32 * s for s in samples])
+    assert logged_values(tmp_path / "run", "perf/peak_rss_mb")[-1] > 100
     assert (tmp_path / "run" / "export" / "config.json").is_file()
 
 

@@ -29,7 +29,8 @@ from lit_finetune.training.export import export_checkpoint
 
 # Key names that hold credentials (api_key, hub_token, client_secret, ...), not knobs like max_tokens.
 SECRET_KEY = re.compile(r"(^|_)(api_?key|token|secret|password|passwd)$", re.IGNORECASE)
-EXTRA_COMMANDS = {"export": export_checkpoint, "tokenizer": train_tokenizer}  # plus `compare` and `sweep`, which take positional paths (see main)
+# Function commands; `compare` and `sweep` take positional paths and have their own parsers (see main).
+EXTRA_COMMANDS = {"export": export_checkpoint, "tokenizer": train_tokenizer}
 
 
 def wandb_has_credentials() -> bool:

@@ -26,23 +26,12 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader
 
 from lit_finetune.data import cache, readers
+from lit_finetune.data.readers import TxtDocuments, split_documents  # noqa: F401  (split_documents: public here too)
 from lit_finetune.data.base import TokenizedDataModule
 from lit_finetune.errors import ConfigError, DataError
 
-TxtDocuments = Literal["line", "blank_line", "file"]
 Examples = Literal["blocks", "nsp", "sop"]
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
-
-
-def split_documents(text: str, documents: TxtDocuments) -> list[str]:
-    """A .txt file's documents: one per line, per blank-line-separated paragraph, or the whole file."""
-    if documents == "file":
-        parts = [text]
-    elif documents == "blank_line":
-        parts = re.split(r"\n\s*\n", text)
-    else:
-        parts = text.splitlines()
-    return [part.strip() for part in parts if part.strip()]
 
 
 def split_sentences(document: str) -> list[str]:
@@ -141,15 +130,9 @@ class CorpusDataModule(TokenizedDataModule):
     # Reading documents (rank 0 only, in prepare_data)
 
     def read_documents(self, path: str, key: str) -> datasets.Dataset:
-        path = Path(path).expanduser()
-        if path.suffix == ".txt":
-            if not path.is_file():
-                raise DataError(f"{key}: file {path} does not exist")
-            readers.check_utf8(path)
-            docs = split_documents(path.read_text(encoding="utf-8"), self.hparams.txt_documents)
-            return datasets.Dataset.from_dict({"text": docs})
-        ds = readers.read_file(path, key)
-        readers.require_columns(ds, [self.hparams.text_column], str(path), {self.hparams.text_column: "data.text_column"})
+        h = self.hparams
+        ds = readers.read_file(path, key, h.txt_documents, h.text_column)
+        readers.require_columns(ds, [h.text_column], str(path), {h.text_column: "data.text_column"})
         return self.documents_of(ds)
 
     def documents_of(self, ds: datasets.Dataset) -> datasets.Dataset:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
+from typing import Literal
 
 import datasets
 import pyarrow as pa
@@ -19,7 +21,19 @@ FORMATS = {
     ".jsonl": ("json", {}),
     ".parquet": ("parquet", {}),
 }
-TEXT_FORMATS = (".csv", ".tsv", ".json", ".jsonl")
+TEXT_FORMATS = (".csv", ".tsv", ".json", ".jsonl", ".txt")
+TxtDocuments = Literal["line", "blank_line", "file"]
+
+
+def split_documents(text: str, documents: TxtDocuments) -> list[str]:
+    """A .txt file's documents: one per line, per blank-line-separated paragraph, or the whole file."""
+    if documents == "file":
+        parts = [text]
+    elif documents == "blank_line":
+        parts = re.split(r"\n\s*\n", text)
+    else:
+        parts = text.splitlines()
+    return [part.strip() for part in parts if part.strip()]
 
 
 def check_utf8(path: Path) -> None:
@@ -34,15 +48,19 @@ def check_utf8(path: Path) -> None:
                         f"`iconv -f latin1 -t utf-8`)") from None
 
 
-def read_file(path: str | Path, key: str) -> datasets.Dataset:
-    """One split from a local csv / tsv / json / jsonl / parquet file; `key` is the config key that named it."""
+def read_file(path: str | Path, key: str, txt_documents: TxtDocuments = "line",
+              text_column: str = "text") -> datasets.Dataset:
+    """One split from a local csv / tsv / json / jsonl / parquet file, or a .txt file whose documents (split by
+    `txt_documents`) become the rows of `text_column`; `key` is the config key that named it."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"{key}: file {path} does not exist")
-    if path.suffix not in FORMATS:
-        raise DataError(f"{key}: {path} has suffix {path.suffix!r}; expected one of {', '.join(FORMATS)}")
+    if path.suffix not in FORMATS and path.suffix != ".txt":
+        raise DataError(f"{key}: {path} has suffix {path.suffix!r}; expected one of {', '.join(FORMATS)}, .txt")
     if path.suffix in TEXT_FORMATS:
         check_utf8(path)
+    if path.suffix == ".txt":
+        return datasets.Dataset.from_dict({text_column: split_documents(path.read_text("utf-8"), txt_documents)})
     builder, kwargs = FORMATS[path.suffix]
     try:
         return datasets.load_dataset(builder, data_files={"data": str(path)}, split="data", **kwargs)

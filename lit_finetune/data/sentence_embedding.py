@@ -17,7 +17,6 @@ from torch.utils.data import DataLoader
 
 from lit_finetune.data import cache, readers
 from lit_finetune.data.base import TokenizedDataModule
-from lit_finetune.data.corpus import split_documents
 from lit_finetune.errors import ConfigError, DataError
 
 GROUPS = ("", "positive_", "negative_", "pair_")  # prefixes of the tokenized sentence fields
@@ -104,14 +103,8 @@ class SentenceEmbeddingDataModule(TokenizedDataModule):
     def read(self, split: str) -> tuple[datasets.Dataset, str] | None:
         h = self.hparams
         path, hub = (h.train_file, h.train_dataset) if split == "train" else (h.validation_file, h.validation_dataset)
-        if path and Path(path).suffix == ".txt":
-            if not Path(path).is_file():
-                raise DataError(f"data.{split}_file: file {path} does not exist")
-            readers.check_utf8(Path(path))
-            return datasets.Dataset.from_dict({h.text_column: split_documents(Path(path).read_text("utf-8"),
-                                                                              "line")}), path
-        if path:
-            return readers.read_file(path, f"data.{split}_file"), path
+        if path:  # a .txt file: one sentence per line
+            return readers.read_file(path, f"data.{split}_file", "line", h.text_column), path
         if hub:
             return readers.read_hub(hub, None)[split], f"{hub} [{split}]"
         return None

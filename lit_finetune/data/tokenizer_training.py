@@ -14,7 +14,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from transformers import PreTrainedTokenizerFast
 
 from lit_finetune.data import readers
-from lit_finetune.data.corpus import TxtDocuments, split_documents
+from lit_finetune.data.readers import TxtDocuments
 from lit_finetune.errors import ConfigError, DataError
 from lit_finetune.training.export import atomic_directory
 
@@ -24,18 +24,11 @@ END_OF_TEXT = "<|endoftext|>"
 
 
 def read_texts(train_file: str, text_column: str, txt_documents: TxtDocuments) -> list[str]:
-    path = Path(train_file).expanduser()
-    if path.suffix == ".txt":
-        if not path.is_file():
-            raise DataError(f"--train_file: file {path} does not exist")
-        readers.check_utf8(path)
-        texts = split_documents(path.read_text(encoding="utf-8"), txt_documents)
-    else:
-        ds = readers.read_file(path, "--train_file")
-        readers.require_columns(ds, [text_column], str(path), {text_column: "--text_column"})
-        texts = [t for t in readers.column(ds, text_column).to_pylist() if t and t.strip()]
+    ds = readers.read_file(train_file, "--train_file", txt_documents, text_column)
+    readers.require_columns(ds, [text_column], str(train_file), {text_column: "--text_column"})
+    texts = [t for t in readers.column(ds, text_column).to_pylist() if t and t.strip()]
     if not texts:
-        raise DataError(f"--train_file: {path} has no text")
+        raise DataError(f"--train_file: {train_file} has no text")
     return texts
 
 

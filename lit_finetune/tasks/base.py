@@ -41,7 +41,8 @@ class TaskModule(pl.LightningModule):
             warmup: Linear warmup, as a fraction of all training steps (< 1) or a number of steps (>= 1).
             lr_scheduler: Decay after warmup, sized from the Trainer's estimated total steps.
             adam_epsilon: AdamW epsilon.
-            fused_adamw: Use PyTorch's fused AdamW kernel (faster on CPU and GPU).
+            fused_adamw: Use PyTorch's fused AdamW kernel (faster on CPU and GPU); not with gradient clipping
+                under mixed precision, where Lightning unscales gradients itself.
             trust_remote_code: Allow model code from the hub to run (off unless you trust the repository).
             tokenizer_name_or_path: Tokenizer folder or hub id when it is not the model's own, e.g. one trained by
                 `lit-finetune tokenizer` for a ``small:bert`` model pretrained from scratch.
@@ -84,7 +85,9 @@ class TaskModule(pl.LightningModule):
 
     def configure_optimizers(self):
         h = self.hparams
-        fused = h.fused_adamw and self.device.type in ("cpu", "cuda")
+        # Lightning refuses to clip gradients under mixed precision with an optimizer that unscales them itself.
+        clipped_amp = "mixed" in str(self.trainer.precision) and bool(self.trainer.gradient_clip_val)
+        fused = h.fused_adamw and self.device.type in ("cpu", "cuda") and not clipped_amp
         # Every trainable parameter of the task module: the model, and any extra part (e.g. ELECTRA's generator).
         optimizer = torch.optim.AdamW(param_groups(self, h.weight_decay), lr=h.learning_rate,
                                       eps=h.adam_epsilon, fused=fused)

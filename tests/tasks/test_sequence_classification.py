@@ -130,6 +130,15 @@ def test_no_weight_decay_on_biases_and_layernorm():
     assert len(no_decay["params"]) == 3 and no_decay["weight_decay"] == 0.0
 
 
+@pytest.mark.parametrize("precision, fused", [("32-true", True), ("bf16-mixed", False)])
+def test_fused_adamw_unless_lightning_clips_mixed_precision_gradients(precision, fused, tmp_path, tiny_data):
+    """Lightning refuses gradient clipping under AMP with an optimizer that unscales by itself (fused AdamW)."""
+    cli = run("fit", *tiny_args(tiny_data, tmp_path / "run", f"--trainer.precision={precision}",
+                                "--trainer.gradient_clip_val=1.0", "--trainer.max_epochs=1"))
+    assert cli.trainer.state.finished
+    assert bool(cli.trainer.optimizers[0].defaults["fused"]) is fused
+
+
 def test_checkpoint_with_other_labels_cannot_resume(tmp_path, tiny_data):
     run("fit", *tiny_args(tiny_data, tmp_path / "run"))
     rows = [{"id": str(i), "text": f"w{i}", "label": "xyz"[i % 3]} for i in range(30)]

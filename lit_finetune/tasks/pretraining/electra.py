@@ -71,6 +71,7 @@ class ElectraPretrainingModule(TaskModule):
             raise ConfigError(f"model.mlm_probability: got {mlm_probability}; expected a value in (0, 1)")
         self.generator: ElectraForMaskedLM | None = None
         self.val_generator: torch.Generator | None = None
+        self.val_sampling_generator: torch.Generator | None = None
         for split in SPLITS:
             setattr(self, f"{split}_detection", torchmetrics.MetricCollection({
                 "disc_acc": torchmetrics.classification.BinaryAccuracy(),
@@ -95,7 +96,10 @@ class ElectraPretrainingModule(TaskModule):
         return discriminator
 
     def on_validation_epoch_start(self) -> None:
-        self.val_generator = torch.Generator().manual_seed(self.hparams.validation_seed)
+        seed = self.hparams.validation_seed
+        self.val_generator = torch.Generator().manual_seed(seed)  # masking: drawn on the CPU, the same on any device
+        # Sampling noise is one number per selected token and vocabulary entry: drawn where the logits are.
+        self.val_sampling_generator = torch.Generator(self.device).manual_seed(seed)
 
     def replace_tokens(self, batch: dict, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Generator MLM loss, and the inputs with the generator's samples put in at the selected positions."""
@@ -108,7 +112,8 @@ class ElectraPretrainingModule(TaskModule):
         out = self.generator(input_ids=masked, attention_mask=batch["attention_mask"], labels=labels)
         with torch.no_grad():
             logits = out.logits[selected].float() / h.sampling_temperature
-            uniform = torch.rand(logits.shape, generator=rng).to(logits.device).clamp_(1e-9, 1 - 1e-9)
+            uniform = torch.rand(logits.shape, generator=self.val_sampling_generator if split == "val" else None,
+                                 device=logits.device).clamp_(1e-9, 1 - 1e-9)
             sampled = (logits - torch.log(-torch.log(uniform))).argmax(-1)  # Gumbel-max: a draw from softmax
             getattr(self, f"{split}_generator_acc").update((logits.argmax(-1) == labels[selected]).float().mean(),
                                                            weight=int(selected.sum()))

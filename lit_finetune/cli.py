@@ -133,6 +133,10 @@ class LitFinetuneCLI(LightningCLI):
             # Checked before any logger or callback touches the folder, so the earlier run stays intact.
             raise ConfigError(f"trainer.default_root_dir: {run_dir} already holds a run (config.yaml); choose "
                               "another folder, or pass --ckpt_path to resume that run")
+        if trainer.enable_progress_bar is False and trainer.callbacks:
+            # The configs name a TQDMProgressBar for its refresh rate; turning bars off drops it instead of failing.
+            trainer.callbacks = [c for c in trainer.callbacks
+                                 if not (isinstance(c, Namespace) and c.class_path.endswith("ProgressBar"))]
         loggers = trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]
         loggers = [logger for logger in loggers if isinstance(logger, Namespace)]
         if trainer.logger is not False and not any(lg.class_path.endswith("CSVLogger") for lg in loggers):

@@ -85,6 +85,16 @@ def test_bad_input_exits_with_one_clear_line(tmp_path, tiny_data):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_progress_bar_off_and_a_csv_only_record(tmp_path, tiny_data):
+    """The configs name a TQDMProgressBar and W&B: both can be switched off from the command line."""
+    run_dir = tmp_path / "run"
+    cli = LitFinetuneCLI(args=["fit", *tiny_args(tiny_data, run_dir, "--trainer.enable_progress_bar=false",
+                                                 "--trainer.logger=lit_finetune.training.loggers.RunCSVLogger")])
+    assert cli.trainer.progress_bar_callback is None
+    assert [type(lg) for lg in cli.trainer.loggers] == [RunCSVLogger]
+    assert len(logged_values(run_dir, "val/acc")) == 2 and not (run_dir / "wandb").exists()
+
+
 def test_existing_run_folder_is_never_overwritten(tmp_path, tiny_data):
     run_dir = tmp_path / "run"
     LitFinetuneCLI(args=["fit", *tiny_args(tiny_data, run_dir)])

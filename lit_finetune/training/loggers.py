@@ -19,9 +19,10 @@ class _AppendingWriter(ExperimentWriter):
 
 
 class RunCSVLogger(CSVLogger):
-    """CSVLogger that writes metrics.csv straight into the run folder and never discards earlier rows."""
+    """CSVLogger that writes metrics.csv straight into the run folder and never discards earlier rows. Alone in
+    ``--trainer.logger=lit_finetune.training.loggers.RunCSVLogger`` it keeps a run off W&B; the CLI sets save_dir."""
 
-    def __init__(self, save_dir: str, name: str = "", version: str = "", **kwargs):
+    def __init__(self, save_dir: str = ".", name: str = "", version: str = "", **kwargs):
         super().__init__(save_dir, name=name, version=version, **kwargs)
 
     @property

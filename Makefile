@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 QUICKSTART_DIR ?= .quickstart
 
-.PHONY: setup quickstart test benchmark-sst2 benchmark-sweep clean
+.PHONY: setup quickstart test benchmark-sst2 benchmark-sweep benchmark-pretrain-objectives clean
 
 setup: $(VENV)/.installed
 
@@ -29,16 +29,30 @@ benchmark-sst2: setup
 	$(BIN)/pip install -q -e ".[bench]"
 	$(OFFLINE) WANDB_MODE=offline $(BIN)/python benchmarks/sst2_classification.py
 
-# A local Bayesian sweep (6 trials) of the packaged MiniLM on 2,000 SST-2 sentences; table and plot in the sweep folder.
+# The local SST-2 files in place of the hub dataset that the sweeps' base config names.
 SST2 := ../shared/data/sst2
+SST2_LOCAL := --data.init_args.dataset_name=null --data.init_args.dataset_config=null --data.init_args.id_column=null \
+  --data.init_args.train_file=$(SST2)/train.tsv --data.init_args.validation_file=$(SST2)/dev.tsv \
+  --data.init_args.label_names='[negative, positive]'
+
+# A local Bayesian sweep (6 trials) of the packaged MiniLM on 2,000 SST-2 sentences; table and plot in the sweep folder.
 SWEEP_DIR := runs/sweep-sst2_bayes
 benchmark-sweep: setup
 	$(OFFLINE) WANDB_MODE=offline $(BIN)/lit-finetune sweep sweeps/sst2_bayes.yaml --count 6 --sweep_dir $(SWEEP_DIR) -- \
-	  --data.init_args.dataset_name=null --data.init_args.dataset_config=null --data.init_args.id_column=null \
-	  --data.init_args.train_file=$(SST2)/train.tsv --data.init_args.validation_file=$(SST2)/dev.tsv \
-	  --data.init_args.label_names='[negative, positive]' --data.init_args.max_train_examples=2000 \
-	  --trainer.val_check_interval=0.5
+	  $(SST2_LOCAL) --data.init_args.max_train_examples=2000 --trainer.val_check_interval=0.5
 	$(BIN)/lit-finetune compare --sweep $(SWEEP_DIR) --markdown $(SWEEP_DIR)/compare.md
+
+# MLM vs ELECTRA from scratch for the same training time (skipped when runs/pretrain-objectives holds both), then
+# sweeps/pretrain_objectives.yaml fine-tunes each export and random weights on SST-2. Pretrain on a GPU if you can:
+#   make benchmark-pretrain-objectives OBJECTIVES_ARGS='--budget_s 120 --batch_size 128 --precision bf16-mixed'
+OBJECTIVES_ARGS ?= --budget_s 600
+OBJECTIVES_SWEEP_DIR := runs/sweep-pretrain_objectives
+benchmark-pretrain-objectives: setup
+	test -d runs/pretrain-objectives/electra/export || $(OFFLINE) WANDB_MODE=offline $(BIN)/python \
+	  benchmarks/pretraining.py --cases objectives $(OBJECTIVES_ARGS)
+	$(OFFLINE) WANDB_MODE=offline $(BIN)/lit-finetune sweep sweeps/pretrain_objectives.yaml \
+	  --sweep_dir $(OBJECTIVES_SWEEP_DIR) -- $(SST2_LOCAL) --data.init_args.max_train_examples=8000
+	$(BIN)/lit-finetune compare --sweep $(OBJECTIVES_SWEEP_DIR) --markdown $(OBJECTIVES_SWEEP_DIR)/compare.md
 
 clean:
 	rm -rf $(VENV) $(QUICKSTART_DIR) runs

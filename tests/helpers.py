@@ -45,6 +45,37 @@ def tiny_splits(folder: Path, suffix: str = ".csv") -> dict[str, Path]:
             for split, n, seed in (("train", 64, 0), ("validation", 32, 1), ("test", 16, 2))}
 
 
+def write_conll(path: Path, sentences: list[tuple[list[str], list[str]]]) -> Path:
+    """A CoNLL-2003-style file (word POS chunk NER, -DOCSTART- first) of (words, tags) sentences."""
+    lines = ["-DOCSTART- -X- -X- O", ""]
+    for words, tags in sentences:
+        lines += [f"{w} NN B-NP {t}" for w, t in zip(words, tags)] + [""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def entity_sentences(n: int, seed: int) -> list[tuple[list[str], list[str]]]:
+    """A tiny NER task a 2-layer model learns in a few steps: each entity is always the same words."""
+    rng = random.Random(seed)
+    fillers = ["the", "a", "visited", "met", "in", "and", "today", "with", "saw", "from"]
+    entities = [(["john"], "PER"), (["mary", "smith"], "PER"), (["paris"], "LOC"), (["new", "york"], "LOC"),
+                (["acme"], "ORG")]
+    sentences = []
+    for _ in range(n):
+        words, tags = [], []
+        for _ in range(rng.randint(2, 5)):
+            if rng.random() < 0.5:
+                words.append(rng.choice(fillers))
+                tags.append("O")
+            else:
+                entity, kind = rng.choice(entities)
+                words += entity
+                tags += [f"{'B' if i == 0 else 'I'}-{kind}" for i in range(len(entity))]
+        sentences.append((words, tags))
+    return sentences
+
+
 def tiny_args(data: dict[str, Path], run_dir: Path, *extra: str, config: Path = QUICKSTART) -> list[str]:
     """A shipped recipe switched to a tiny random model and the tiny data: what the CLI tests run."""
     args = ["--config", str(config),

@@ -68,6 +68,50 @@ def read_file(path: str | Path, key: str, txt_documents: TxtDocuments = "line",
         raise DataError(f"{key}: could not parse {path} as {path.suffix[1:]}: {err}") from err
 
 
+def read_conll(path: str | Path, key: str, token_column: int = 0, tag_column: int = -1) -> datasets.Dataset:
+    """Sentences of a CoNLL-style column file (one token per line, whitespace-separated columns, a blank line between
+    sentences, ``-DOCSTART-`` lines skipped) as rows of ``tokens``, ``tags`` and ``line`` (where the sentence starts,
+    for error messages). Ours, not `datasets`' conll builder, which pads or cuts a line with the wrong number of
+    columns without a word."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"{key}: file {path} does not exist")
+    check_utf8(path)
+    rows = {"tokens": [], "tags": [], "line": []}
+    tokens, tags, width, width_line = [], [], None, 0
+
+    def end_sentence():
+        if tokens:
+            rows["tokens"].append(list(tokens))
+            rows["tags"].append(list(tags))
+            tokens.clear()
+            tags.clear()
+
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            fields = line.split()
+            if not fields or fields[0] == "-DOCSTART-":
+                end_sentence()
+                continue
+            if width is None:
+                width, width_line = len(fields), number
+                for name, index in (("conll_token_column", token_column), ("conll_tag_column", tag_column)):
+                    if not -width <= index < width:
+                        raise ConfigError(f"data.{name}: column {index} does not exist in {path}, whose lines have "
+                                          f"{width} columns (line {number})")
+            elif len(fields) != width:
+                raise DataError(f"{path}, line {number}: {len(fields)} columns; expected {width} like line "
+                                f"{width_line} (token, ..., tag separated by whitespace): {line.rstrip()!r}")
+            if not tokens:
+                rows["line"].append(number)
+            tokens.append(fields[token_column])
+            tags.append(fields[tag_column])
+    end_sentence()
+    return datasets.Dataset.from_dict(rows, features=datasets.Features({
+        "tokens": datasets.Sequence(datasets.Value("string")), "tags": datasets.Sequence(datasets.Value("string")),
+        "line": datasets.Value("int64")}))
+
+
 def read_hub(name: str, config: str | None) -> datasets.DatasetDict:
     """All splits of a hub dataset (or a dataset script/folder); offline users get a hint to use local files."""
     try:

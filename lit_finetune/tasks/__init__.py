@@ -2,6 +2,7 @@
 
 from lit_finetune.tasks.base import TaskModule
 from lit_finetune.tasks.classification import SequenceClassificationModule
+from lit_finetune.tasks.token_classification import TokenClassificationModule
 from lit_finetune.tasks.pretraining import (
     CausalLMModule,
     ElectraPretrainingModule,
@@ -11,4 +12,4 @@ from lit_finetune.tasks.pretraining import (
 )
 
 __all__ = ["CausalLMModule", "ElectraPretrainingModule", "MaskedLMModule", "SentencePairPretrainingModule",
-           "SequenceClassificationModule", "SimCSEModule", "TaskModule"]
+           "SequenceClassificationModule", "SimCSEModule", "TaskModule", "TokenClassificationModule"]

@@ -105,7 +105,11 @@ class TaskModule(pl.LightningModule):
         with atomic_directory(output_dir) as tmp:
             self.model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
+            self.write_export_extras(tmp)
         return Path(output_dir)
+
+    def write_export_extras(self, folder: Path) -> None:
+        """Files a task adds to its export beside the model and tokenizer (inside the same atomic write)."""
 
     @staticmethod
     def load_checkpoint(ckpt_path: str | Path) -> "TaskModule":
@@ -124,3 +128,47 @@ class TaskModule(pl.LightningModule):
         module.on_load_checkpoint(checkpoint)
         module.load_state_dict(checkpoint["state_dict"])
         return module
+
+
+class LabeledTaskModule(TaskModule):
+    """A task whose label set comes from the data module (or a checkpoint), and is saved in checkpoints and in the
+    exported config (``id2label``), so `pipeline` names the labels.
+
+    Raises: ConfigError when a checkpoint's labels differ from the data's.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.num_labels: int | None = None
+        self.id2label: dict[int, str] | None = None
+
+    def configure_model(self) -> None:
+        if self.num_labels is None and self._trainer is None:
+            return  # load_from_checkpoint: built in on_load_checkpoint, once the checkpoint's labels are known
+        super().configure_model()
+
+    def take_labels_from_data(self) -> None:
+        """Adopt the data module's label set, unless a checkpoint already supplied one."""
+        dm = self.datamodule
+        if self.num_labels is None and dm is not None and getattr(dm, "splits", None) is not None:
+            self.num_labels, self.id2label = dm.num_labels, dm.id2label
+        if self.num_labels is None:
+            raise ConfigError("model: the label set is unknown; train with a data module or load a checkpoint")
+
+    def label_overrides(self) -> dict:
+        """Config settings that carry the label names into the Hugging Face model and its export."""
+        id2label = self.id2label or {0: "score"}
+        return dict(num_labels=self.num_labels, id2label=id2label, label2id={v: k for k, v in id2label.items()})
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["labels"] = {"num_labels": self.num_labels, "id2label": self.id2label}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint["labels"]
+        if self.model is None:
+            self.num_labels, self.id2label = saved["num_labels"], saved["id2label"]
+        elif (saved["num_labels"], saved["id2label"]) != (self.num_labels, self.id2label):
+            raise ConfigError(f"--ckpt_path: the checkpoint was trained on labels {saved['id2label']} "
+                              f"({saved['num_labels']}), the data has {self.id2label} ({self.num_labels})")
+        super().on_load_checkpoint(checkpoint)

@@ -7,8 +7,7 @@ import torch.nn.functional as F
 import torchmetrics
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
-from lit_finetune.errors import ConfigError
-from lit_finetune.tasks.base import TaskModule
+from lit_finetune.tasks.base import LabeledTaskModule
 
 SPLITS = ("train", "val", "test")
 
@@ -25,7 +24,7 @@ def split_metrics(num_labels: int) -> torchmetrics.MetricCollection:
                                           "mcc": torchmetrics.MatthewsCorrCoef(**kwargs)})
 
 
-class SequenceClassificationModule(TaskModule):
+class SequenceClassificationModule(LabeledTaskModule):
     """Fine-tunes ``AutoModelForSequenceClassification``; logs ``train/loss``, ``val/acc``, ``val/f1``, ...
 
     Features: label smoothing; MSE regression; one torchmetrics collection per split, plus the best validation value
@@ -47,9 +46,6 @@ class SequenceClassificationModule(TaskModule):
             classifier_dropout: Dropout before the classification head; the backbone's dropout when unset.
         """
         super().__init__(model_name_or_path=model_name_or_path, **kwargs)
-        # The label set comes from the data module (or a checkpoint) and is saved in checkpoints and exports.
-        self.num_labels: int | None = None
-        self.id2label: dict[int, str] | None = None
 
     @property
     def is_regression(self) -> bool:
@@ -59,20 +55,10 @@ class SequenceClassificationModule(TaskModule):
     def key_metric(self) -> str:
         return "spearman" if self.is_regression else "acc"
 
-    def configure_model(self) -> None:
-        if self.num_labels is None and self._trainer is None:
-            return  # load_from_checkpoint: built in on_load_checkpoint, once the checkpoint's labels are known
-        super().configure_model()
-
     def build_model(self) -> PreTrainedModel:
-        dm = self.datamodule
-        if self.num_labels is None and dm is not None and getattr(dm, "splits", None) is not None:
-            self.num_labels, self.id2label = dm.num_labels, dm.id2label
-        if self.num_labels is None:
-            raise ConfigError("model: the label set is unknown; train with a data module or load a checkpoint")
+        self.take_labels_from_data()
         h = self.hparams
-        id2label = self.id2label or {0: "score"}
-        overrides = dict(num_labels=self.num_labels, id2label=id2label, label2id={v: k for k, v in id2label.items()},
+        overrides = dict(self.label_overrides(),
                          problem_type="regression" if self.is_regression else "single_label_classification")
         if h.classifier_dropout is not None:
             overrides["classifier_dropout"] = h.classifier_dropout
@@ -80,19 +66,6 @@ class SequenceClassificationModule(TaskModule):
             setattr(self, f"{split}_metrics", split_metrics(self.num_labels).clone(prefix=f"{split}/"))
         self.best = torchmetrics.MaxMetric()  # both accuracy and Spearman: higher is better
         return self.load_backbone(AutoModelForSequenceClassification, **overrides)
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint["labels"] = {"num_labels": self.num_labels, "id2label": self.id2label}
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        saved = checkpoint["labels"]
-        if self.model is None:
-            self.num_labels, self.id2label = saved["num_labels"], saved["id2label"]
-        elif (saved["num_labels"], saved["id2label"]) != (self.num_labels, self.id2label):
-            raise ConfigError(f"--ckpt_path: the checkpoint was trained on labels {saved['id2label']} "
-                              f"({saved['num_labels']}), the data has {self.id2label} ({self.num_labels})")
-        super().on_load_checkpoint(checkpoint)
 
     def forward(self, batch: dict) -> torch.Tensor:
         return self.model(**self.model_inputs(batch)).logits

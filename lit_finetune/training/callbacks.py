@@ -8,6 +8,7 @@ import json
 import resource
 import time
 from pathlib import Path
+from typing import Literal
 
 import lightning.pytorch as pl
 import torch
@@ -29,18 +30,23 @@ def flatten_row(row: dict, prefix: str = "") -> dict:
 
 
 class PredictionWriter(BasePredictionWriter):
-    """Writes the rows returned by ``predict_step`` to a .jsonl or .csv file (one file per process under DDP)."""
+    """Writes the rows returned by ``predict_step`` to a .jsonl, .csv or CoNLL file (one file per process under
+    DDP)."""
 
-    def __init__(self, output_file: str | None = None):
+    def __init__(self, output_file: str | None = None, format: Literal["jsonl", "csv", "conll"] | None = None):
         """
         Args:
-            output_file: Where to write; ``.jsonl`` or ``.csv``. Default: predictions.jsonl in the run folder.
+            output_file: Where to write. Default: predictions.<format> in the run folder.
+            format: jsonl, csv (nested values become dotted columns) or conll (rows with ``tokens`` and ``tags``: a
+                word and its tag per line, a blank line after each sentence). Default: from the file's suffix,
+                else jsonl.
         """
         super().__init__(write_interval="epoch")
         self.output_file = output_file
+        self.format = format
 
     def path(self, trainer: pl.Trainer) -> Path:
-        path = Path(self.output_file or Path(trainer.default_root_dir) / "predictions.jsonl")
+        path = Path(self.output_file or Path(trainer.default_root_dir) / f"predictions.{self.format or 'jsonl'}")
         if trainer.world_size > 1:
             path = path.with_name(f"{path.stem}.rank{trainer.global_rank}{path.suffix}")
         return path
@@ -48,14 +54,18 @@ class PredictionWriter(BasePredictionWriter):
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
         rows = [row for batch in predictions for row in batch]
         path = self.path(trainer)
+        kind = self.format or {".csv": "csv", ".conll": "conll"}.get(path.suffix, "jsonl")
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")  # renamed into place: a crash never leaves half a file
         with tmp.open("w", newline="", encoding="utf-8") as f:
-            if path.suffix == ".csv":
+            if kind == "csv":
                 flat = [flatten_row(r) for r in rows]
                 writer = csv.DictWriter(f, fieldnames=list(flat[0]) if flat else ["id"])
                 writer.writeheader()
                 writer.writerows(flat)
+            elif kind == "conll":
+                f.writelines("".join(f"{word}\t{tag}\n" for word, tag in zip(r["tokens"], r["tags"])) + "\n"
+                             for r in rows)
             else:
                 f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
         tmp.replace(path)

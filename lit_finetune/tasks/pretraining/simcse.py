@@ -13,7 +13,6 @@ from transformers import AutoModel, PreTrainedModel
 
 from lit_finetune.errors import ConfigError
 from lit_finetune.tasks.base import TaskModule
-from lit_finetune.training.export import atomic_directory
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -89,8 +88,8 @@ class SimCSEModule(TaskModule):
         self.val_spearman.reset()
         self.val_pearson.reset()
 
-    def export(self, output_dir: str | Path) -> Path:
-        """The encoder and tokenizer, plus the module files sentence-transformers reads (encoder, then pooling)."""
+    def write_export_extras(self, folder: Path) -> None:
+        """The module files sentence-transformers reads beside the encoder (encoder, then pooling)."""
         max_length = min(self.tokenizer.model_max_length, self.model.config.max_position_embeddings)
         pooling = {"word_embedding_dimension": self.model.config.hidden_size,
                    "pooling_mode_cls_token": self.hparams.pooling == "cls",
@@ -98,12 +97,8 @@ class SimCSEModule(TaskModule):
                    "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False}
         modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
                    {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
-        with atomic_directory(output_dir) as tmp:
-            self.model.save_pretrained(tmp)
-            self.tokenizer.save_pretrained(tmp)
-            (tmp / "1_Pooling").mkdir()
-            (tmp / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2))
-            (tmp / "modules.json").write_text(json.dumps(modules, indent=2))
-            (tmp / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_length,
-                                                                       "do_lower_case": False}, indent=2))
-        return Path(output_dir)
+        (folder / "1_Pooling").mkdir()
+        (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2))
+        (folder / "modules.json").write_text(json.dumps(modules, indent=2))
+        (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_length,
+                                                                      "do_lower_case": False}, indent=2))

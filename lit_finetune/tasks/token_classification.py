@@ -1,0 +1,184 @@
+"""Token classification / NER on a Hugging Face head, with an optional CRF; entity-level metrics from seqeval."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from seqeval import scheme as seqeval_schemes
+from seqeval.metrics import classification_report
+from transformers import AutoModelForTokenClassification, PreTrainedModel
+
+from lit_finetune.data.tag_schemes import OUTSIDE, TagScheme
+from lit_finetune.errors import ConfigError
+from lit_finetune.tasks.base import LabeledTaskModule
+from lit_finetune.tasks.crf import CRF
+
+SEQEVAL_SCHEMES = {"IOB1": seqeval_schemes.IOB1, "IOB2": seqeval_schemes.IOB2, "BIOES": seqeval_schemes.IOBES}
+CRF_FILE = "crf.safetensors"  # the CRF's scores beside an export (transformers' pipeline ignores the file)
+
+
+def words_first(values: torch.Tensor, word_starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's values at its word starts, moved to the front in order: ([batch, words, ...], mask)."""
+    order = torch.sort((~word_starts).int(), dim=1, stable=True).indices  # word starts first, order kept
+    width = max(int(word_starts.sum(1).max()), 1)
+    index = order[:, :width]
+    picked = values.gather(1, index.view(*index.shape, *[1] * (values.dim() - 2)).expand(-1, -1, *values.shape[2:]))
+    return picked, word_starts.gather(1, index)
+
+
+def entity_scores(gold: list[list[str]], predicted: list[list[str]], scheme: TagScheme, strict: bool) -> dict:
+    """Entity-level precision, recall and F1 (micro over all entities, and F1 per type), as seqeval computes them:
+    conlleval's rules by default, or only entities that are exactly right under the scheme with `strict`."""
+    kwargs = dict(mode="strict", scheme=SEQEVAL_SCHEMES[scheme]) if strict else {}
+    report = classification_report(gold, predicted, output_dict=True, zero_division=0, **kwargs)
+    micro = report.pop("micro avg")
+    scores = {"precision": micro["precision"], "recall": micro["recall"], "f1": micro["f1-score"]}
+    for entity_type, values in report.items():
+        if not entity_type.endswith(" avg"):
+            scores[f"f1_{entity_type}"] = values["f1-score"]
+    return scores
+
+
+class TokenClassificationModule(LabeledTaskModule):
+    """Fine-tunes ``AutoModelForTokenClassification``; logs ``val/f1``, ``val/precision``, ``val/recall`` and
+    ``val/f1_<TYPE>`` at the entity level (never token accuracy), and ``val/f1_best``.
+
+    Features: optional CRF over the words with decoding constrained by the data's tag scheme; first-sub-token or
+    all-sub-token training labels (set in the data module); conlleval or strict entity matching; predictions as
+    tags per word (a CoNLL file with ``PredictionWriter(format=conll)``); export that
+    ``pipeline("token-classification")`` loads (the CRF's scores are saved beside it in crf.safetensors).
+    Raises: ConfigError when a checkpoint's tags differ from the data's.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str = "minilm",
+        use_crf: bool = False,
+        strict_metrics: bool = False,
+        classifier_dropout: float | None = None,
+        **kwargs,
+    ):
+        """
+        Args:
+            model_name_or_path: Backbone to fine-tune (see TaskModule).
+            use_crf: Score whole tag sequences with a CRF over the words: trained by likelihood, decoded by Viterbi
+                into sequences the tag scheme allows.
+            strict_metrics: Count an entity only when its span and type match exactly under the tag scheme
+                (seqeval's strict mode); default is conlleval's matching, the one papers report.
+            classifier_dropout: Dropout before the tagging head; the backbone's dropout when unset.
+        """
+        super().__init__(model_name_or_path=model_name_or_path, **kwargs)
+        self.tag_scheme: TagScheme | None = None
+        self.crf: CRF | None = None
+        self.sequences: dict[str, tuple[list, list]] = {}  # split -> (gold, predicted) tag sequences of the epoch
+
+    def build_model(self) -> PreTrainedModel:
+        self.take_labels_from_data()
+        if self.tag_scheme is None:
+            self.tag_scheme = self.datamodule.tag_scheme
+        tags = [self.id2label[i] for i in range(self.num_labels)]
+        if self.hparams.use_crf:
+            self.crf = CRF(tags, self.tag_scheme)
+        overrides = self.label_overrides()
+        if self.hparams.classifier_dropout is not None:
+            overrides["classifier_dropout"] = self.hparams.classifier_dropout
+        return self.load_backbone(AutoModelForTokenClassification, **overrides)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["labels"]["tag_scheme"] = self.tag_scheme
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.model is None:
+            self.tag_scheme = checkpoint["labels"].get("tag_scheme", "IOB2")
+        elif checkpoint["labels"].get("tag_scheme", self.tag_scheme) != self.tag_scheme:
+            raise ConfigError(f"--ckpt_path: the checkpoint was trained on {checkpoint['labels']['tag_scheme']} "
+                              f"tags, the data is {self.tag_scheme} (data.tag_scheme)")
+        super().on_load_checkpoint(checkpoint)
+
+    # ----------------------------------------------------------------------------------------------------------- #
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.model(**self.model_inputs(batch)).logits
+
+    def loss(self, emissions: torch.Tensor, batch: dict) -> torch.Tensor:
+        if self.crf is None:
+            return torch.nn.functional.cross_entropy(emissions.flatten(0, 1).float(), batch["labels"].flatten(),
+                                                     ignore_index=-100)
+        word_emissions, mask = words_first(emissions, batch["word_starts"])
+        word_tags, _ = words_first(batch["labels"].clamp(min=0), batch["word_starts"])
+        return -self.crf.log_likelihood(word_emissions, word_tags, mask).mean()
+
+    def decode(self, emissions: torch.Tensor, word_starts: torch.Tensor) -> list[list[str]]:
+        """Tags of each sentence's words (those within max_length)."""
+        word_emissions, mask = words_first(emissions.detach(), word_starts)
+        if self.crf is not None:
+            ids = self.crf.decode(word_emissions, mask)
+        else:
+            ids = [row[:n].tolist() for row, n in zip(word_emissions.argmax(-1), mask.sum(1).tolist())]
+        return [[self.id2label[i] for i in row] for row in ids]
+
+    def gold(self, batch: dict) -> list[list[str]]:
+        return [[self.id2label[int(i)] for i in labels[starts]]
+                for labels, starts in zip(batch["labels"], batch["word_starts"])]
+
+    def shared_step(self, batch: dict, split: str) -> torch.Tensor:
+        emissions = self(batch)
+        loss = self.loss(emissions, batch)
+        on_step = split == "train"
+        self.log(f"{split}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=on_step,
+                 batch_size=len(batch["input_ids"]), sync_dist=not on_step)
+        if split != "train":
+            gold, predicted = self.sequences.setdefault(split, ([], []))
+            gold.extend(self.gold(batch))
+            predicted.extend(self.decode(emissions, batch["word_starts"]))
+        return loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self.shared_step(batch, "train")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.shared_step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.shared_step(batch, "test")
+
+    def log_entity_scores(self, split: str) -> dict[str, float]:
+        gold, predicted = self.sequences.pop(split, ([], []))
+        if self.trainer.world_size > 1:  # every rank scored its own share of the sentences
+            shares = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(shares, (gold, predicted))
+            gold = [s for share in shares for s in share[0]]
+            predicted = [s for share in shares for s in share[1]]
+        scores = {f"{split}/{k}": v for k, v in
+                  entity_scores(gold, predicted, self.tag_scheme, self.hparams.strict_metrics).items()}
+        headline = f"{split}/f1"
+        self.log_dict({k: v for k, v in scores.items() if k != headline})
+        self.log(headline, scores[headline], prog_bar=split == "val")
+        return scores
+
+    def on_train_start(self) -> None:
+        self.best_f1 = 0.0  # forget the sanity check's values
+
+    def on_validation_epoch_end(self) -> None:
+        scores = self.log_entity_scores("val")
+        if not self.trainer.sanity_checking:
+            self.best_f1 = max(getattr(self, "best_f1", 0.0), scores["val/f1"])
+            self.log("val/f1_best", self.best_f1)
+
+    def on_test_epoch_end(self) -> None:
+        self.log_entity_scores("test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        rows = []
+        for example_id, words, tags in zip(batch["example_id"], batch["tokens"],
+                                           self.decode(self(batch), batch["word_starts"])):
+            rows.append({"id": example_id, "tokens": words, "tags": tags + [OUTSIDE] * (len(words) - len(tags))})
+        return rows
+
+    def write_export_extras(self, folder: Path) -> None:
+        if self.crf is not None:  # pipeline() ignores the file and decodes tag by tag
+            save_file({name: p.detach().cpu().contiguous() for name, p in self.crf.named_parameters()},
+                      str(folder / CRF_FILE), metadata={"tag_scheme": self.tag_scheme})

@@ -5,5 +5,6 @@ from lit_finetune.data.corpus import CorpusDataModule
 from lit_finetune.data.sentence_embedding import SentenceEmbeddingDataModule
 from lit_finetune.data.token_classification import TokenClassificationDataModule
 
-__all__ = ["CorpusDataModule", "SentenceEmbeddingDataModule", "TextClassificationDataModule",
+__all__ = ["CorpusDataModule",
+           "SentenceEmbeddingDataModule", "TextClassificationDataModule",
            "TokenClassificationDataModule"]

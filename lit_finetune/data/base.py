@@ -4,16 +4,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import datasets
 import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from lit_finetune import backbones
-from lit_finetune.data import cache
+from lit_finetune.data import cache, readers
+from lit_finetune.errors import ConfigError, DataError
+
+STAGE_SPLITS = {"fit": ("train", "validation"), "validate": ("validation",), "test": ("test",)}
 
 
 class TokenizedDataModule(pl.LightningDataModule):
-    """Base of the data modules: each tokenizes once in ``prepare_data`` into ``cache_path()`` and loads it in
-    ``setup``."""
+    """Base of the data modules: each tokenizes once in ``prepare_data`` into ``cache_path()``, loads it in ``setup``
+    (``load_splits``) and batches it with its ``collator()``."""
 
     def __init__(
         self,
@@ -41,6 +48,79 @@ class TokenizedDataModule(pl.LightningDataModule):
         self.cache_root = Path(cache_dir).expanduser() if cache_dir else cache.default_cache_dir()
         self.tokenizer = backbones.load_tokenizer(model_name_or_path, trust_remote_code, tokenizer_name_or_path)
         self.tokenizer_fingerprint = cache.tokenizer_fingerprint(self.tokenizer)
+        self.splits: datasets.DatasetDict | None = None
+        self.files: dict[str, str] = {}  # local file per split, for modules that read them with read_raw
+
+    # ----------------------------------------------------------------------------------------------------------- #
+    # Reading (rank 0, in prepare_data)
+
+    def read_raw(self) -> tuple[dict[str, datasets.Dataset], dict[str, str]]:
+        """Raw splits from the hub (``dataset_name``, ``dataset_config``) and local files (``self.files``), the
+        training rows cut to ``max_train_examples``, and each split's source name for error messages."""
+        h = self.hparams
+        raw, sources = {}, {}
+        if h.dataset_name:
+            hub = readers.read_hub(h.dataset_name, h.dataset_config)
+            raw = {split: hub[split] for split in ("train", "validation", "test") if split in hub}
+            sources = {split: f"{h.dataset_name} [{split}]" for split in raw}
+        for split, path in self.files.items():
+            raw[split] = readers.read_file(path, f"data.{split}_file")
+            sources[split] = str(path)
+        if "train" in raw and h.get("max_train_examples"):
+            raw["train"] = raw["train"].select(range(min(h.max_train_examples, len(raw["train"]))))
+        for split, ds in raw.items():
+            if len(ds) == 0:
+                raise DataError(f"{sources[split]}: the {split} split has no rows")
+        return raw, sources
+
+    def hold_out(self, train: datasets.Dataset, class_names: list[str] | None = None
+                 ) -> tuple[datasets.Dataset, datasets.Dataset]:
+        """Carve a seeded validation split of ``validation_fraction`` from train, stratified by ``labels`` when
+        `class_names` are given."""
+        fraction = self.hparams.validation_fraction
+        if not 0 < fraction < 1 or len(train) < 2:
+            raise ConfigError(f"data.validation_fraction: got {fraction} with {len(train)} training examples and no "
+                              "validation data; give data.validation_file, or a fraction in (0, 1) of at least 2")
+        stratify = None
+        if class_names is not None:
+            train = train.cast_column("labels", datasets.ClassLabel(names=class_names))
+            stratify = "labels"
+        try:
+            parts = train.train_test_split(test_size=fraction, seed=self.hparams.seed, stratify_by_column=stratify)
+        except ValueError:  # a class too rare to stratify: fall back to a plain seeded split
+            parts = train.train_test_split(test_size=fraction, seed=self.hparams.seed)
+        rank_zero_info(f"No validation data given: held out {len(parts['test'])} of {len(train)} training examples "
+                       f"(data.validation_fraction={fraction}, seed={self.hparams.seed}).")
+        return parts["train"], parts["test"]
+
+    # ----------------------------------------------------------------------------------------------------------- #
+    # Loading (every rank) and batching
+
+    def load_splits(self, stage: str | None, test_needs_labels: bool = True) -> dict:
+        """Load what ``prepare_data`` cached, failing early when the stage needs a split (or test labels) the data
+        lacks; returns the cache's metadata."""
+        self.splits, meta = cache.load(self.cache_path())
+        for split in STAGE_SPLITS.get(stage, ()):
+            if split not in self.splits:
+                raise ConfigError(f"data: stage {stage!r} needs a {split} split; give data.{split}_file or a hub "
+                                  "dataset that has one")
+        if stage == "test" and test_needs_labels and "labels" not in self.splits["test"].column_names:
+            raise DataError("data: the test split has no labels (targets), so test metrics cannot be computed; use "
+                            "`predict` for unlabeled data")
+        return meta
+
+    def collator(self):
+        """The callable that pads a list of examples into a batch of the module's batch contract."""
+        raise NotImplementedError
+
+    def loader(self, split: str, train: bool = False) -> DataLoader:
+        """Batches of one split; training batches of similar length when the module has ``group_by_length`` on
+        (its examples then carry a ``length``)."""
+        ds, sampler = self.splits[split], None
+        if train and self.hparams.get("group_by_length"):
+            sampler = LengthGroupedSampler(self.hparams.batch_size, lengths=readers.column(ds, "length").to_pylist(),
+                                           generator=torch.Generator().manual_seed(self.hparams.seed))
+        return self.dataloader(ds, train, self.collator(), sampler=sampler)
 
     def dataloader(self, dataset, train: bool, collate_fn, sampler=None, drop_last: bool = False) -> DataLoader:
         """Training batches of ``batch_size`` (shuffled unless a sampler is given), evaluation ones of
@@ -49,3 +129,22 @@ class TokenizedDataModule(pl.LightningDataModule):
                           shuffle=train and sampler is None, sampler=sampler, drop_last=drop_last,
                           collate_fn=collate_fn, num_workers=self.hparams.num_workers,
                           persistent_workers=self.hparams.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader("validation")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader("test")
+
+    def predict_split(self) -> str:
+        """What `predict` runs on: the predict data, else test, else validation."""
+        for split in ("predict", "test", "validation"):
+            if split in self.splits:
+                return split
+        raise ConfigError("data: nothing to predict on; give data.predict_file or data.test_file")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.loader(self.predict_split())

@@ -11,11 +11,8 @@ import os
 from pathlib import Path
 
 import datasets
-import torch
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch.utils.data import DataLoader
+from lightning.pytorch.utilities import rank_zero_warn
 from transformers import DataCollatorWithPadding
-from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from lit_finetune.data import cache, readers
 from lit_finetune.data.base import TokenizedDataModule
@@ -92,7 +89,6 @@ class TextClassificationDataModule(TokenizedDataModule):
                               "(data.train_file, data.validation_file, data.test_file, data.predict_file)")
         if num_labels is not None and num_labels < 1:
             raise ConfigError(f"data.num_labels: got {num_labels}; expected 1 (regression) or the number of classes")
-        self.splits: datasets.DatasetDict | None = None
         self.id2label: dict[int, str] | None = None
 
     # ----------------------------------------------------------------------------------------------------------- #
@@ -112,31 +108,12 @@ class TextClassificationDataModule(TokenizedDataModule):
                    holdout=(h.validation_fraction, h.seed), max_train_examples=h.max_train_examples)
         return cache.cache_path(self.cache_root, "classification", key)
 
-    def read_raw(self) -> tuple[dict[str, datasets.Dataset], dict[str, str]]:
-        """Raw splits and, for each, a source name used in error messages (the file path or the hub split)."""
-        if self.hparams.dataset_name:
-            hub = readers.read_hub(self.hparams.dataset_name, self.hparams.dataset_config)
-            raw = {split: hub[split] for split in ("train", "validation", "test") if split in hub}
-            sources = {split: f"{self.hparams.dataset_name} [{split}]" for split in raw}
-        else:
-            raw, sources = {}, {}
-        for split, path in self.files.items():
-            raw[split] = readers.read_file(path, f"data.{split}_file")
-            sources[split] = str(path)
-        if "train" in raw and self.hparams.max_train_examples:
-            raw["train"] = raw["train"].select(range(min(self.hparams.max_train_examples, len(raw["train"]))))
-        for split, ds in raw.items():
-            if len(ds) == 0:
-                raise DataError(f"{sources[split]}: the {split} split has no rows")
-        return raw, sources
-
     def is_labeled(self, ds: datasets.Dataset) -> bool:
-        """Test and predict data may come without labels (GLUE test sets use -1 for 'unlabeled')."""
+        """Test and predict data may come without labels (GLUE's hub test sets use -1 for 'unlabeled')."""
         column = self.hparams.label_column
         if column not in ds.column_names:
             return False
-        feature = ds.features[column]
-        return not (isinstance(feature, datasets.ClassLabel) and set(ds.unique(column)) == {-1})
+        return set(ds.unique(column)) != {-1}  # class ids and STS-B's float scores alike
 
     def build_label_vocab(self, train: datasets.Dataset, source: str) -> dict[int, str] | None:
         """Class names in id order: from the hub's ClassLabel, from label_names, or the sorted training labels."""
@@ -239,26 +216,8 @@ class TextClassificationDataModule(TokenizedDataModule):
             ids = readers.column(ds, h.id_column).to_pylist() if h.id_column else range(len(ds))
             out[split] = ds.add_column("example_id", [str(i) for i in ids])
         if "train" in out and "validation" not in out:
-            out["train"], out["validation"] = self.hold_out(out["train"], id2label)
+            out["train"], out["validation"] = self.hold_out(out["train"], list(id2label.values()) if id2label else None)
         return datasets.DatasetDict(out), id2label
-
-    def hold_out(self, train: datasets.Dataset, id2label) -> tuple[datasets.Dataset, datasets.Dataset]:
-        """Carve a seeded validation split from train, stratified by class for classification."""
-        fraction = self.hparams.validation_fraction
-        if not 0 < fraction < 1:
-            raise ConfigError(f"data.validation_fraction: got {fraction}; expected a number in (0, 1) because "
-                              "there is no validation data")
-        stratify = None
-        if id2label is not None:
-            train = train.cast_column("labels", datasets.ClassLabel(names=list(id2label.values())))
-            stratify = "labels"
-        try:
-            parts = train.train_test_split(test_size=fraction, seed=self.hparams.seed, stratify_by_column=stratify)
-        except ValueError:  # a class too rare to stratify: fall back to a plain seeded split
-            parts = train.train_test_split(test_size=fraction, seed=self.hparams.seed)
-        rank_zero_info(f"No validation data given: held out {len(parts['test'])} of {len(train)} training examples "
-                       f"(data.validation_fraction={fraction}, seed={self.hparams.seed}).")
-        return parts["train"], parts["test"]
 
     # ----------------------------------------------------------------------------------------------------------- #
     # Tokenizing once, then loading on every rank
@@ -299,17 +258,8 @@ class TextClassificationDataModule(TokenizedDataModule):
         print(f"Tokenized {meta['sizes']} examples; cached in {target}", flush=True)
 
     def setup(self, stage: str | None = None) -> None:
-        self.splits, meta = cache.load(self.cache_path())
-        self.meta = meta
+        self.meta = meta = self.load_splits(stage)
         self.id2label = {int(k): v for k, v in meta["id2label"].items()} if meta["id2label"] else None
-        stage_needs = {"fit": ("train", "validation"), "validate": ("validation",), "test": ("test",)}
-        for split in stage_needs.get(stage, ()):
-            if split not in self.splits:
-                raise ConfigError(f"data: stage {stage!r} needs a {split} split; give data.{split}_file or a hub "
-                                  "dataset that has one")
-        if stage == "test" and "labels" not in self.splits["test"].column_names:
-            raise DataError("data: the test split has no labels, so test metrics cannot be computed; use "
-                            "`predict` for unlabeled data")
 
     @property
     def num_labels(self) -> int:
@@ -317,27 +267,5 @@ class TextClassificationDataModule(TokenizedDataModule):
 
     # ----------------------------------------------------------------------------------------------------------- #
 
-    def loader(self, split: str, train: bool = False) -> DataLoader:
-        ds = self.splits[split]
-        sampler = None
-        if train and self.hparams.group_by_length:
-            generator = torch.Generator().manual_seed(self.hparams.seed)
-            lengths = readers.column(ds, "length").to_pylist()
-            sampler = LengthGroupedSampler(self.hparams.batch_size, lengths=lengths, generator=generator)
-        collate = PaddingCollator(self.tokenizer, self.hparams.pad_to_multiple_of)
-        return self.dataloader(ds, train, collate, sampler=sampler)
-
-    def train_dataloader(self) -> DataLoader:
-        return self.loader("train", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self.loader("validation")
-
-    def test_dataloader(self) -> DataLoader:
-        return self.loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        for split in ("predict", "test", "validation"):
-            if split in self.splits:
-                return self.loader(split)
-        raise ConfigError("data: nothing to predict on; give data.predict_file or data.test_file")
+    def collator(self) -> PaddingCollator:
+        return PaddingCollator(self.tokenizer, self.hparams.pad_to_multiple_of)

@@ -263,14 +263,8 @@ class CorpusDataModule(TokenizedDataModule):
               f"cached in {target}", flush=True)
 
     def setup(self, stage: str | None = None) -> None:
-        self.splits, self.meta = cache.load(self.cache_path())
+        self.meta = self.load_splits(stage)
 
     def loader(self, split: str, train: bool = False) -> DataLoader:
         collate = BlockCollator(self.tokenizer.pad_token_id or 0)
         return self.dataloader(self.splits[split].with_format("numpy"), train, collate)
-
-    def train_dataloader(self) -> DataLoader:
-        return self.loader("train", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self.loader("validation")

@@ -163,9 +163,3 @@ class SentenceEmbeddingDataModule(TokenizedDataModule):
     def loader(self, split: str, train: bool = False) -> DataLoader:
         # drop_last: every training batch has the full set of in-batch negatives.
         return self.dataloader(self.splits[split], train, SentenceGroupsCollator(self.tokenizer), drop_last=train)
-
-    def train_dataloader(self) -> DataLoader:
-        return self.loader("train", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self.loader("validation")

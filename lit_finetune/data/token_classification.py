@@ -13,7 +13,6 @@ from typing import Literal
 import datasets
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch.utils.data import DataLoader
 from transformers import DataCollatorForTokenClassification
 
 from lit_finetune.data import cache, readers
@@ -96,7 +95,6 @@ class TokenClassificationDataModule(TokenizedDataModule):
         if not dataset_name and not self.files:
             raise ConfigError("data: give either data.dataset_name (a hub dataset) or local files "
                               "(data.train_file, data.validation_file, data.test_file, data.predict_file)")
-        self.splits: datasets.DatasetDict | None = None
         self.id2label: dict[int, str] | None = None
 
     def cache_path(self) -> Path:
@@ -247,13 +245,8 @@ class TokenClassificationDataModule(TokenizedDataModule):
         rank_zero_info(f"Tokenized {meta['sizes']} sentences with {len(names)} tags; cached in {target}")
 
     def setup(self, stage: str | None = None) -> None:
-        self.splits, meta = cache.load(self.cache_path())
+        meta = self.load_splits(stage)
         self.id2label = {int(k): v for k, v in meta["id2label"].items()}
-        stage_needs = {"fit": ("train", "validation"), "validate": ("validation",), "test": ("test",)}
-        for split in stage_needs.get(stage, ()):
-            if split not in self.splits:
-                raise ConfigError(f"data: stage {stage!r} needs a {split} split; give data.{split}_file or a hub "
-                                  "dataset that has one")
 
     @property
     def num_labels(self) -> int:
@@ -263,21 +256,5 @@ class TokenClassificationDataModule(TokenizedDataModule):
     def tag_scheme(self) -> TagScheme:
         return self.hparams.tag_scheme
 
-    def loader(self, split: str, train: bool = False) -> DataLoader:
-        collate = TokenClassificationCollator(self.tokenizer, self.hparams.pad_to_multiple_of)
-        return self.dataloader(self.splits[split], train, collate)
-
-    def train_dataloader(self) -> DataLoader:
-        return self.loader("train", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self.loader("validation")
-
-    def test_dataloader(self) -> DataLoader:
-        return self.loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        for split in ("predict", "test", "validation"):
-            if split in self.splits:
-                return self.loader(split)
-        raise ConfigError("data: nothing to tag; give data.predict_file or data.test_file")
+    def collator(self) -> TokenClassificationCollator:
+        return TokenClassificationCollator(self.tokenizer, self.hparams.pad_to_multiple_of)

@@ -1,8 +1,7 @@
 """One LightningModule per task family; each holds a Hugging Face model so export is `save_pretrained`."""
 
-from lit_finetune.tasks.base import TaskModule
+from lit_finetune.tasks.base import LabeledTaskModule, TaskModule
 from lit_finetune.tasks.classification import SequenceClassificationModule
-from lit_finetune.tasks.token_classification import TokenClassificationModule
 from lit_finetune.tasks.pretraining import (
     CausalLMModule,
     ElectraPretrainingModule,
@@ -10,6 +9,8 @@ from lit_finetune.tasks.pretraining import (
     SentencePairPretrainingModule,
     SimCSEModule,
 )
+from lit_finetune.tasks.token_classification import TokenClassificationModule
 
-__all__ = ["CausalLMModule", "ElectraPretrainingModule", "MaskedLMModule", "SentencePairPretrainingModule",
+__all__ = ["CausalLMModule", "ElectraPretrainingModule", "LabeledTaskModule", "MaskedLMModule",
+           "SentencePairPretrainingModule",
            "SequenceClassificationModule", "SimCSEModule", "TaskModule", "TokenClassificationModule"]

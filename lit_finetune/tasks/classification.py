@@ -13,15 +13,18 @@ SPLITS = ("train", "val", "test")
 
 
 def split_metrics(num_labels: int) -> torchmetrics.MetricCollection:
-    """Accuracy, macro-F1 and MCC for classes; Pearson, Spearman and MSE for regression."""
+    """Accuracy, macro-F1, MCC (and class 1's F1 for two classes) for classes; Pearson, Spearman and MSE for
+    regression."""
     if num_labels == 1:
         return torchmetrics.MetricCollection({"pearson": torchmetrics.PearsonCorrCoef(),
                                               "spearman": torchmetrics.SpearmanCorrCoef(),
                                               "mse": torchmetrics.MeanSquaredError()})
     kwargs = dict(task="multiclass", num_classes=num_labels)
-    return torchmetrics.MetricCollection({"acc": torchmetrics.Accuracy(**kwargs),
-                                          "f1": torchmetrics.F1Score(average="macro", **kwargs),
-                                          "mcc": torchmetrics.MatthewsCorrCoef(**kwargs)})
+    metrics = {"acc": torchmetrics.Accuracy(**kwargs), "f1": torchmetrics.F1Score(average="macro", **kwargs),
+               "mcc": torchmetrics.MatthewsCorrCoef(**kwargs)}
+    if num_labels == 2:  # GLUE's "F1" for MRPC and QQP: F1 of class 1 (paraphrase), not the macro average
+        metrics["f1_binary"] = torchmetrics.F1Score(task="binary")
+    return torchmetrics.MetricCollection(metrics)
 
 
 class SequenceClassificationModule(LabeledTaskModule):

@@ -2,9 +2,10 @@
 
 from lit_finetune.data.classification import TextClassificationDataModule
 from lit_finetune.data.corpus import CorpusDataModule
+from lit_finetune.data.question_answering import QuestionAnsweringDataModule
 from lit_finetune.data.sentence_embedding import SentenceEmbeddingDataModule
 from lit_finetune.data.token_classification import TokenClassificationDataModule
 
-__all__ = ["CorpusDataModule",
+__all__ = ["CorpusDataModule", "QuestionAnsweringDataModule",
            "SentenceEmbeddingDataModule", "TextClassificationDataModule",
            "TokenClassificationDataModule"]

@@ -9,8 +9,9 @@ from lit_finetune.tasks.pretraining import (
     SentencePairPretrainingModule,
     SimCSEModule,
 )
+from lit_finetune.tasks.question_answering import QuestionAnsweringModule
 from lit_finetune.tasks.token_classification import TokenClassificationModule
 
 __all__ = ["CausalLMModule", "ElectraPretrainingModule", "LabeledTaskModule", "MaskedLMModule",
-           "SentencePairPretrainingModule",
+           "QuestionAnsweringModule", "SentencePairPretrainingModule",
            "SequenceClassificationModule", "SimCSEModule", "TaskModule", "TokenClassificationModule"]

@@ -10,8 +10,10 @@ from lit_finetune.tasks.pretraining import (
     SimCSEModule,
 )
 from lit_finetune.tasks.question_answering import QuestionAnsweringModule
+from lit_finetune.tasks.seq2seq import Seq2SeqModule
+from lit_finetune.tasks.sft import CausalSFTModule
 from lit_finetune.tasks.token_classification import TokenClassificationModule
 
-__all__ = ["CausalLMModule", "ElectraPretrainingModule", "LabeledTaskModule", "MaskedLMModule",
+__all__ = ["CausalLMModule", "CausalSFTModule", "ElectraPretrainingModule", "LabeledTaskModule", "MaskedLMModule",
            "QuestionAnsweringModule", "SentencePairPretrainingModule",
-           "SequenceClassificationModule", "SimCSEModule", "TaskModule", "TokenClassificationModule"]
+           "SequenceClassificationModule", "Seq2SeqModule", "SimCSEModule", "TaskModule", "TokenClassificationModule"]

@@ -2,6 +2,7 @@
 
 from lit_finetune.tasks.base import LabeledTaskModule, TaskModule
 from lit_finetune.tasks.classification import SequenceClassificationModule
+from lit_finetune.tasks.multiple_choice import MultipleChoiceModule
 from lit_finetune.tasks.pretraining import (
     CausalLMModule,
     ElectraPretrainingModule,
@@ -15,5 +16,5 @@ from lit_finetune.tasks.sft import CausalSFTModule
 from lit_finetune.tasks.token_classification import TokenClassificationModule
 
 __all__ = ["CausalLMModule", "CausalSFTModule", "ElectraPretrainingModule", "LabeledTaskModule", "MaskedLMModule",
-           "QuestionAnsweringModule", "SentencePairPretrainingModule",
+           "MultipleChoiceModule", "QuestionAnsweringModule", "SentencePairPretrainingModule",
            "SequenceClassificationModule", "Seq2SeqModule", "SimCSEModule", "TaskModule", "TokenClassificationModule"]

@@ -148,3 +148,37 @@ class TokenizedDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self.loader(self.predict_split())
+
+
+class SplitsDataModule(TokenizedDataModule):
+    """A task's data module: splits from a hub dataset, or one local file per split (formats: see each module)."""
+
+    def __init__(
+        self,
+        model_name_or_path: str = "minilm",
+        dataset_name: str | None = None,
+        dataset_config: str | None = None,
+        train_file: str | None = None,
+        validation_file: str | None = None,
+        test_file: str | None = None,
+        predict_file: str | None = None,
+        max_train_examples: int | None = None,
+        **kwargs,
+    ):
+        """
+        Args:
+            dataset_name: Hub dataset id; leave unset to read local files.
+            dataset_config: Hub dataset configuration name, if the dataset has several.
+            train_file: Local training file.
+            validation_file: Local validation file.
+            test_file: Local test file (its labels give test metrics; also the default data for ``predict``).
+            predict_file: Local file to predict on (labels not needed); defaults to the test data.
+            max_train_examples: Keep only the first N training examples (quick runs, learning curves).
+            **kwargs: Tokenizer, batch sizes, workers and cache (see TokenizedDataModule).
+        """
+        super().__init__(model_name_or_path=model_name_or_path, **kwargs)
+        files = {"train": train_file, "validation": validation_file, "test": test_file, "predict": predict_file}
+        self.files = {split: path for split, path in files.items() if path}
+        if not dataset_name and not self.files:
+            raise ConfigError("data: give either data.dataset_name (a hub dataset) or local files "
+                              "(data.train_file, data.validation_file, data.test_file, data.predict_file)")

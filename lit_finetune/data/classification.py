@@ -15,7 +15,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from transformers import DataCollatorWithPadding
 
 from lit_finetune.data import cache, readers
-from lit_finetune.data.base import TokenizedDataModule
+from lit_finetune.data.base import SplitsDataModule
 from lit_finetune.errors import ConfigError, DataError
 
 class PaddingCollator:
@@ -33,18 +33,12 @@ class PaddingCollator:
         return batch
 
 
-class TextClassificationDataModule(TokenizedDataModule):
+class TextClassificationDataModule(SplitsDataModule):
     """Sequence / pair classification and regression data from hub datasets or local csv, tsv, json(l), parquet."""
 
     def __init__(
         self,
         model_name_or_path: str = "minilm",
-        dataset_name: str | None = None,
-        dataset_config: str | None = None,
-        train_file: str | None = None,
-        validation_file: str | None = None,
-        test_file: str | None = None,
-        predict_file: str | None = None,
         text_column: str = "text",
         text_pair_column: str | None = None,
         label_column: str = "label",
@@ -54,19 +48,12 @@ class TextClassificationDataModule(TokenizedDataModule):
         max_length: int = 128,
         group_by_length: bool = False,
         validation_fraction: float = 0.1,
-        max_train_examples: int | None = None,
         seed: int = 42,
         pad_to_multiple_of: int | None = None,
         **kwargs,
     ):
         """
         Args:
-            dataset_name: Hub dataset id (e.g. ``stanfordnlp/sst2``); leave unset to read local files.
-            dataset_config: Hub dataset configuration name, if the dataset has several.
-            train_file: Local training file (csv, tsv, json, jsonl or parquet).
-            validation_file: Local validation file; without one, ``validation_fraction`` of train is held out.
-            test_file: Local test file (labels used for test metrics; also the default data for ``predict``).
-            predict_file: Local file to predict on (labels not needed); defaults to the test data.
             text_column: Column holding the text (the first sentence for pair tasks).
             text_pair_column: Column holding the second sentence, for pair tasks (e.g. NLI, paraphrase).
             label_column: Column holding the label: a class name, a class id, or a number for regression.
@@ -76,17 +63,11 @@ class TextClassificationDataModule(TokenizedDataModule):
             max_length: Longest tokenized input; longer ones are truncated and counted in the log.
             group_by_length: Sample training batches of similar length (less padding, faster epochs).
             validation_fraction: Share of train held out (stratified, seeded) when there is no validation split.
-            max_train_examples: Keep only the first N training examples (quick runs, learning curves).
             seed: Seed for the validation hold-out and length-grouped sampling.
             pad_to_multiple_of: Pad batch length to a multiple of this (8 helps tensor cores on GPU).
-            **kwargs: Tokenizer, batch sizes, workers and cache (see TokenizedDataModule).
+            **kwargs: Data source, tokenizer, batch sizes, workers and cache (see SplitsDataModule).
         """
         super().__init__(model_name_or_path=model_name_or_path, **kwargs)
-        files = {"train": train_file, "validation": validation_file, "test": test_file, "predict": predict_file}
-        self.files = {split: path for split, path in files.items() if path}
-        if not dataset_name and "train" not in self.files and "predict" not in self.files and "test" not in self.files:
-            raise ConfigError("data: give either data.dataset_name (a hub dataset) or local files "
-                              "(data.train_file, data.validation_file, data.test_file, data.predict_file)")
         if num_labels is not None and num_labels < 1:
             raise ConfigError(f"data.num_labels: got {num_labels}; expected 1 (regression) or the number of classes")
         self.id2label: dict[int, str] | None = None

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorForSeq2Seq
 
 from lit_finetune.data import cache, readers
-from lit_finetune.data.base import TokenizedDataModule
+from lit_finetune.data.base import SplitsDataModule
 from lit_finetune.errors import ConfigError, DataError
 
 IGNORE = -100  # label of tokens outside the loss (transformers' convention)
@@ -48,7 +48,7 @@ class InstructionCollator:
         return batch
 
 
-class InstructionDataModule(TokenizedDataModule):
+class InstructionDataModule(SplitsDataModule):
     """Instruction / chat data for causal-LM SFT, from hub datasets or local jsonl, json, csv, tsv, parquet.
 
     Features: ``prompt`` / ``response`` columns (optional system prompt) or a ``messages`` column of chat turns
@@ -62,12 +62,6 @@ class InstructionDataModule(TokenizedDataModule):
     def __init__(
         self,
         model_name_or_path: str = "smollm2",
-        dataset_name: str | None = None,
-        dataset_config: str | None = None,
-        train_file: str | None = None,
-        validation_file: str | None = None,
-        test_file: str | None = None,
-        predict_file: str | None = None,
         prompt_column: str = "prompt",
         response_column: str = "response",
         messages_column: str | None = None,
@@ -77,19 +71,12 @@ class InstructionDataModule(TokenizedDataModule):
         separator: str = "\n",
         max_length: int = 512,
         validation_fraction: float = 0.05,
-        max_train_examples: int | None = None,
         seed: int = 42,
         pad_to_multiple_of: int | None = None,
         **kwargs,
     ):
         """
         Args:
-            dataset_name: Hub dataset id (e.g. ``HuggingFaceH4/no_robots``); leave unset to read local files.
-            dataset_config: Hub dataset configuration name, if the dataset has several.
-            train_file: Local training file (jsonl, json, csv, tsv or parquet).
-            validation_file: Local validation file; without one, ``validation_fraction`` of train is held out.
-            test_file: Local test file (response loss and perplexity; also the default data for ``predict``).
-            predict_file: Local file of prompts to answer (responses not needed); defaults to the test data.
             prompt_column: Column holding the prompt (the user's instruction).
             response_column: Column holding the response to learn (the assistant's answer).
             messages_column: Column of chat conversations (lists of ``{role, content}``) to use instead of prompt and
@@ -101,17 +88,11 @@ class InstructionDataModule(TokenizedDataModule):
             separator: Text between prompt and response in the plain format.
             max_length: Longest example in tokens, prompt included; longer ones are cut at the end and counted.
             validation_fraction: Share of train held out (seeded) when there is no validation split.
-            max_train_examples: Keep only the first N training examples (quick runs, learning curves).
             seed: Seed for the validation hold-out.
             pad_to_multiple_of: Pad training batch length to a multiple of this (8 helps tensor cores on GPU).
-            **kwargs: Tokenizer, batch sizes, workers and cache (see TokenizedDataModule).
+            **kwargs: Data source, tokenizer, batch sizes, workers and cache (see SplitsDataModule).
         """
         super().__init__(model_name_or_path=model_name_or_path, **kwargs)
-        files = {"train": train_file, "validation": validation_file, "test": test_file, "predict": predict_file}
-        self.files = {split: path for split, path in files.items() if path}
-        if not dataset_name and not self.files:
-            raise ConfigError("data: give either data.dataset_name (a hub dataset) or local files "
-                              "(data.train_file, data.validation_file, data.test_file, data.predict_file)")
         has_template = bool(self.tokenizer.chat_template)
         self.chat = prompt_format == "chat" or (prompt_format == "auto" and has_template)
         if self.chat and not has_template:
@@ -131,7 +112,6 @@ class InstructionDataModule(TokenizedDataModule):
                               "token to end responses with, so the model could never learn to stop")
         if tok.pad_token_id is None:  # GPT-2-style vocabularies: padding is masked out of attention and loss anyway
             tok.pad_token = tok.eos_token
-        self.splits: datasets.DatasetDict | None = None
 
     def cache_path(self) -> Path:
         """Cache folder keyed by everything that changes the tokenized result, so edits to data or settings re-run."""

@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from transformers import DataCollatorForMultipleChoice
 
 from lit_finetune.data import cache, readers
-from lit_finetune.data.base import TokenizedDataModule
+from lit_finetune.data.base import SplitsDataModule
 from lit_finetune.data.classification import PaddingCollator
 from lit_finetune.errors import ConfigError, DataError
 
@@ -35,7 +35,7 @@ class MultipleChoiceCollator(PaddingCollator):
         return batch
 
 
-class MultipleChoiceDataModule(TokenizedDataModule):
+class MultipleChoiceDataModule(SplitsDataModule):
     """Pick-the-right-ending data (SWAG, HellaSwag-like) from hub datasets or local csv, tsv, json(l), parquet.
 
     Splits are read, held out, loaded and served by TokenizedDataModule; the checks, the tokenizing and the
@@ -47,12 +47,6 @@ class MultipleChoiceDataModule(TokenizedDataModule):
     def __init__(
         self,
         model_name_or_path: str = "minilm",
-        dataset_name: str | None = None,
-        dataset_config: str | None = None,
-        train_file: str | None = None,
-        validation_file: str | None = None,
-        test_file: str | None = None,
-        predict_file: str | None = None,
         context_column: str = "sent1",
         question_column: str | None = "sent2",
         ending_columns: list[str] | None = ["ending0", "ending1", "ending2", "ending3"],
@@ -61,19 +55,12 @@ class MultipleChoiceDataModule(TokenizedDataModule):
         id_column: str | None = None,
         max_length: int = 128,
         validation_fraction: float = 0.1,
-        max_train_examples: int | None = None,
         seed: int = 42,
         pad_to_multiple_of: int | None = None,
         **kwargs,
     ):
         """
         Args:
-            dataset_name: Hub dataset id (e.g. ``allenai/swag``); leave unset to read local files.
-            dataset_config: Hub dataset configuration name (``regular`` for SWAG).
-            train_file: Local training file (csv, tsv, json, jsonl or parquet).
-            validation_file: Local validation file; without one, ``validation_fraction`` of train is held out.
-            test_file: Local test file (labels used for test metrics; also the default data for ``predict``).
-            predict_file: Local file to predict on (labels not needed); defaults to the test data.
             context_column: Column holding the context, the first text of every pair.
             question_column: Column put before each ending (SWAG's start of the ending, or a question); optional.
             ending_columns: Columns holding the candidate endings, one per column (SWAG's by default).
@@ -82,21 +69,14 @@ class MultipleChoiceDataModule(TokenizedDataModule):
             id_column: Column with example ids written next to predictions; row numbers when unset.
             max_length: Longest tokenized (context, ending) pair; longer ones are truncated and counted in the log.
             validation_fraction: Share of train held out (seeded) when there is no validation split.
-            max_train_examples: Keep only the first N training examples (quick runs, learning curves).
             seed: Seed for the validation hold-out.
             pad_to_multiple_of: Pad batch length to a multiple of this (8 helps tensor cores on GPU).
-            **kwargs: Tokenizer, batch sizes, workers and cache (see TokenizedDataModule).
+            **kwargs: Data source, tokenizer, batch sizes, workers and cache (see SplitsDataModule).
         """
         super().__init__(model_name_or_path=model_name_or_path, **kwargs)
-        files = {"train": train_file, "validation": validation_file, "test": test_file, "predict": predict_file}
-        self.files = {split: path for split, path in files.items() if path}
-        if not dataset_name and not self.files:
-            raise ConfigError("data: give either data.dataset_name (a hub dataset) or local files "
-                              "(data.train_file, data.validation_file, data.test_file, data.predict_file)")
         if not choices_column and len(ending_columns or []) < 2:
             raise ConfigError(f"data.ending_columns: got {ending_columns}; expected 2 or more columns holding the "
                               "candidate endings, or data.choices_column (one column holding a list of them)")
-        self.splits: datasets.DatasetDict | None = None
         self.num_choices: int | None = None
 
     def cache_path(self) -> Path:

@@ -21,7 +21,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from transformers import DataCollatorWithPadding
 
 from lit_finetune.data import cache, readers
-from lit_finetune.data.base import TokenizedDataModule
+from lit_finetune.data.base import SplitsDataModule
 from lit_finetune.errors import ConfigError, DataError
 
 COLUMNS = ("id", "context", "question", "answers")  # SQuAD's hub columns (title is optional)
@@ -102,7 +102,7 @@ def nearest_occurrence(context: str, text: str, start: int) -> int | None:
     return min(found, key=lambda s: abs(s - start)) if found else None
 
 
-class QuestionAnsweringDataModule(TokenizedDataModule):
+class QuestionAnsweringDataModule(SplitsDataModule):
     """SQuAD-style extractive QA from hub datasets (``rajpurkar/squad``, ``rajpurkar/squad_v2``), SQuAD JSON files,
     or flat rows (jsonl / parquet) in the hub's columns ``id``, ``context``, ``question``, ``answers`` (``{"text":
     [...], "answer_start": [...]}``).
@@ -117,43 +117,24 @@ class QuestionAnsweringDataModule(TokenizedDataModule):
     def __init__(
         self,
         model_name_or_path: str = "minilm",
-        dataset_name: str | None = None,
-        dataset_config: str | None = None,
-        train_file: str | None = None,
-        validation_file: str | None = None,
-        test_file: str | None = None,
-        predict_file: str | None = None,
         version_2_with_negative: bool = False,
         max_length: int = 384,
         doc_stride: int = 128,
         max_question_length: int = 64,
         max_bad_answer_fraction: float = 0.01,
-        max_train_examples: int | None = None,
         **kwargs,
     ):
         """
         Args:
-            dataset_name: Hub dataset id (e.g. ``rajpurkar/squad``); leave unset to read local files.
-            dataset_config: Hub dataset configuration name, if the dataset has several.
-            train_file: Local training file: SQuAD JSON (.json), or flat rows in SQuAD's hub columns (.jsonl, .parquet).
-            validation_file: Local validation file (same formats), scored with exact match and F1.
-            test_file: Local test file (same formats; also the default data for ``predict``).
-            predict_file: Local file to answer (answers not needed); ``predict`` writes ``{id: answer}`` JSON.
             version_2_with_negative: SQuAD 2.0: questions may have no answer (and the model may answer nothing).
             max_length: Tokens per window: question, context part and special tokens.
             doc_stride: Context tokens shared by consecutive windows of a long context.
             max_question_length: Questions longer than this many tokens are cut (and counted in the log).
             max_bad_answer_fraction: Share of answers whose ``answer_start`` does not point at their text that is
                 fixed (moved to the nearest occurrence) with a warning; more than this is an error.
-            max_train_examples: Keep only the first N training questions (quick runs, learning curves).
-            **kwargs: Tokenizer, batch sizes, workers and cache (see TokenizedDataModule).
+            **kwargs: Data source, tokenizer, batch sizes, workers and cache (see SplitsDataModule).
         """
         super().__init__(model_name_or_path=model_name_or_path, **kwargs)
-        files = {"train": train_file, "validation": validation_file, "test": test_file, "predict": predict_file}
-        self.files = {split: path for split, path in files.items() if path}
-        if not dataset_name and not self.files:
-            raise ConfigError("data: give either data.dataset_name (a hub dataset, e.g. rajpurkar/squad) or local "
-                              "files (data.train_file, data.validation_file, data.test_file, data.predict_file)")
         if self.tokenizer.padding_side != "right":
             raise ConfigError(f"model.model_name_or_path: the tokenizer pads on the {self.tokenizer.padding_side}; "
                               "question answering here expects right padding (question first, context second)")
@@ -167,7 +148,6 @@ class QuestionAnsweringDataModule(TokenizedDataModule):
         if not 0 <= max_bad_answer_fraction <= 1:
             raise ConfigError(f"data.max_bad_answer_fraction: got {max_bad_answer_fraction}; expected a share in "
                               "[0, 1]")
-        self.splits: datasets.DatasetDict | None = None
 
     def cache_path(self) -> Path:
         """Cache folder keyed by everything that changes the tokenized result."""

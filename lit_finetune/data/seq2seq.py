@@ -18,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from transformers import DataCollatorForSeq2Seq
 
 from lit_finetune.data import cache, readers
-from lit_finetune.data.base import TokenizedDataModule
+from lit_finetune.data.base import SplitsDataModule
 from lit_finetune.errors import ConfigError, DataError
 
 LANG = "{lang}"  # placeholder of a parallel-text path, e.g. train.{lang}.gz -> train.en.gz + train.de.gz
@@ -67,7 +67,7 @@ class Seq2SeqCollator:
         return {**batch, **texts}
 
 
-class Seq2SeqDataModule(TokenizedDataModule):
+class Seq2SeqDataModule(SplitsDataModule):
     """Translation / summarization pairs, tokenized once into a cache, padded per batch.
 
     Features: hub datasets (source/target columns, or a ``translation`` column of {lang: text} dicts as in wmt16);
@@ -82,12 +82,6 @@ class Seq2SeqDataModule(TokenizedDataModule):
     def __init__(
         self,
         model_name_or_path: str = "google-t5/t5-small",
-        dataset_name: str | None = None,
-        dataset_config: str | None = None,
-        train_file: str | None = None,
-        validation_file: str | None = None,
-        test_file: str | None = None,
-        predict_file: str | None = None,
         source_lang: str | None = None,
         target_lang: str | None = None,
         source_column: str | None = None,
@@ -96,7 +90,6 @@ class Seq2SeqDataModule(TokenizedDataModule):
         source_prefix: str = "",
         max_source_length: int = 256,
         max_target_length: int = 128,
-        max_train_examples: int | None = None,
         group_by_length: bool = False,
         seed: int = 42,
         pad_to_multiple_of: int | None = None,
@@ -104,14 +97,6 @@ class Seq2SeqDataModule(TokenizedDataModule):
     ):
         """
         Args:
-            dataset_name: Hub dataset id (e.g. ``bentrevett/multi30k``, ``abisee/cnn_dailymail``); unset for local
-                files.
-            dataset_config: Hub dataset configuration name (e.g. ``3.0.0`` for cnn_dailymail).
-            train_file: Local training data: a table (csv, tsv, json, jsonl, parquet) or a parallel-text path with
-                ``{lang}`` (e.g. ``train.{lang}.gz``: one sentence per line, line i of each language aligned).
-            validation_file: Local validation data, as train_file (needed for fit: generation is scored on it).
-            test_file: Local test data, as train_file (targets are the references of the test metrics).
-            predict_file: Local data to generate for (targets not needed); defaults to the test data.
             source_lang: Source language code: fills ``{lang}`` in parallel-text paths, and is the default source
                 column (hub translation sets such as bentrevett/multi30k name columns by language).
             target_lang: Target language code, as source_lang.
@@ -121,25 +106,18 @@ class Seq2SeqDataModule(TokenizedDataModule):
             source_prefix: Text put before every source, e.g. ``"translate English to German: "`` for T5.
             max_source_length: Longest tokenized source; longer ones are truncated and counted in the log.
             max_target_length: Longest tokenized target (training labels); longer ones are truncated and counted.
-            max_train_examples: Keep only the first N training pairs (quick runs, learning curves).
             group_by_length: Sample training batches of similar length (less padding, faster epochs).
             seed: Seed of length-grouped sampling.
             pad_to_multiple_of: Pad batch length to a multiple of this (8 helps tensor cores on GPU).
-            **kwargs: Tokenizer, batch sizes, workers and cache (see TokenizedDataModule).
+            **kwargs: Data source, tokenizer, batch sizes, workers and cache (see SplitsDataModule).
         """
         super().__init__(model_name_or_path=model_name_or_path, **kwargs)
-        files = {"train": train_file, "validation": validation_file, "test": test_file, "predict": predict_file}
-        self.files = {split: path for split, path in files.items() if path}
-        if not dataset_name and not self.files:
-            raise ConfigError("data: give either data.dataset_name (a hub dataset) or local files "
-                              "(data.train_file, data.validation_file, data.test_file, data.predict_file)")
         for split, path in self.files.items():
             if LANG in path and not (source_lang and target_lang):
                 raise ConfigError(f"data.{split}_file: {path} is a parallel-text path ({LANG}); set "
                                   "data.source_lang and data.target_lang (e.g. en and de) to fill it in")
         self.source_column = source_column or source_lang or "source"
         self.target_column = target_column or target_lang or "target"
-        self.splits: datasets.DatasetDict | None = None
 
     def cache_path(self) -> Path:
         """Cache folder keyed by everything that changes the tokenized result, so edits to data or settings re-run."""

@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from transformers import DataCollatorForTokenClassification
 
 from lit_finetune.data import cache, readers
-from lit_finetune.data.base import TokenizedDataModule
+from lit_finetune.data.base import SplitsDataModule
 from lit_finetune.data.tag_schemes import OUTSIDE, TagScheme, check_tag, first_invalid, split_tag
 from lit_finetune.errors import ConfigError, DataError
 
@@ -38,20 +38,15 @@ class TokenClassificationCollator:
         return {**batch, "word_starts": starts.bool(), **passed}
 
 
-class TokenClassificationDataModule(TokenizedDataModule):
+class TokenClassificationDataModule(SplitsDataModule):
     """Tagged words from CoNLL-style files (one token per line, columns separated by whitespace, blank lines between
     sentences, ``-DOCSTART-`` skipped), from jsonl/parquet with list columns, or from hub datasets such as
-    ``eriktks/conll2003``. Tags are checked against the tag scheme before anything is trained."""
+    ``eriktks/conll2003``. Local .json, .jsonl and .parquet files are tables (a list of words and a list of tags per
+    row); any other file is read as columns. Tags are checked against the tag scheme before anything is trained."""
 
     def __init__(
         self,
         model_name_or_path: str = "minilm",
-        dataset_name: str | None = None,
-        dataset_config: str | None = None,
-        train_file: str | None = None,
-        validation_file: str | None = None,
-        test_file: str | None = None,
-        predict_file: str | None = None,
         tokens_column: str = "tokens",
         tags_column: str = "ner_tags",
         conll_token_column: int = 0,
@@ -60,20 +55,11 @@ class TokenClassificationDataModule(TokenizedDataModule):
         label_names: list[str] | None = None,
         label_subwords: Literal["first", "all"] = "first",
         max_length: int = 256,
-        max_train_examples: int | None = None,
         pad_to_multiple_of: int | None = None,
         **kwargs,
     ):
         """
         Args:
-            dataset_name: Hub dataset id (e.g. ``eriktks/conll2003``); leave unset to read local files.
-            dataset_config: Hub dataset configuration name, if the dataset has several.
-            train_file: Local training file: a CoNLL-style column file (any suffix but those below), or
-                .jsonl / .json / .parquet with a list of tokens and a list of tags per row.
-            validation_file: Local validation file, same formats.
-            test_file: Local test file (tags used for test metrics; also the default data for ``predict``).
-            predict_file: Local file to tag (a tag column is still expected in column files; its values are
-                ignored).
             tokens_column: Column with the list of words (tables and hub datasets).
             tags_column: Column with the list of tags, names or class ids (tables and hub datasets).
             conll_token_column: Index of the word column in column files (0 = first).
@@ -85,16 +71,10 @@ class TokenClassificationDataModule(TokenizedDataModule):
                 word's tag). Metrics and predictions always read the first sub-token.
             max_length: Longest tokenized sentence; words past it are counted, left out of metrics and tagged O
                 in predictions.
-            max_train_examples: Keep only the first N training sentences (quick runs, learning curves).
             pad_to_multiple_of: Pad batch length to a multiple of this (8 helps tensor cores on GPU).
-            **kwargs: Tokenizer, batch sizes, workers and cache (see TokenizedDataModule).
+            **kwargs: Data source, tokenizer, batch sizes, workers and cache (see SplitsDataModule).
         """
         super().__init__(model_name_or_path=model_name_or_path, **kwargs)
-        files = {"train": train_file, "validation": validation_file, "test": test_file, "predict": predict_file}
-        self.files = {split: path for split, path in files.items() if path}
-        if not dataset_name and not self.files:
-            raise ConfigError("data: give either data.dataset_name (a hub dataset) or local files "
-                              "(data.train_file, data.validation_file, data.test_file, data.predict_file)")
         self.id2label: dict[int, str] | None = None
 
     def cache_path(self) -> Path:

@@ -118,3 +118,23 @@ def machine_info() -> dict:
 def machine_line(machine: dict) -> str:
     return (f"{machine['cpu']}, {machine['cores']} cores; torch {machine['torch']}, transformers "
             f"{machine['transformers']}, lightning {machine['lightning']}")
+
+
+def new_report(script, **fields) -> dict:
+    """A report that says how it was made: the command, the date and the machine, then the benchmark's fields."""
+    from datetime import datetime
+
+    return dict(command=shlex.join(["python", str(script), *sys.argv[1:]]),
+                date=datetime.now().astimezone().isoformat(timespec="seconds"), machine=machine_info(), **fields)
+
+
+def write_report(report: dict, markdown: str, output) -> None:
+    """Print the report's markdown and write the whole report as JSON to `output`."""
+    from pathlib import Path
+
+    report["markdown"] = markdown
+    print("\n" + markdown)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nWrote {output}")

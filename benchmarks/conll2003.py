@@ -19,14 +19,11 @@ import time
 START = time.perf_counter()  # a child's wall time counts from here, so it includes importing its framework
 
 import argparse  # noqa: E402  (imports after START on purpose)
-import json
 import os
-import shlex
-import sys
 from datetime import datetime
 from pathlib import Path
 
-from common import emit_result, hf_clock, lightning_clock, machine_info, machine_line, minilm_path, run_child
+from common import new_report, write_report, emit_result, hf_clock, lightning_clock, machine_line, minilm_path, run_child
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).resolve().relative_to(REPO)
@@ -200,15 +197,9 @@ def main() -> None:
                 ratios[f"test F1 {system} - HF"] = by_system[system]["test_f1"] - hf["test_f1"]
                 ratios[f"samples/s {system}/HF"] = by_system[system]["samples_per_s"] / hf["samples_per_s"]
                 ratios[f"peak RSS {system}/HF"] = by_system[system]["peak_rss_mib"] / hf["peak_rss_mib"]
-    report = dict(command=shlex.join(["python", str(SCRIPT), *sys.argv[1:]]),
-                  date=datetime.now().astimezone().isoformat(timespec="seconds"), machine=machine_info(), recipe=hp,
+    report = new_report(SCRIPT, recipe=hp,
                   data=str(DATA), run_dir=str(run_dir), results=rows, ratios=ratios)
-    report["markdown"] = markdown(rows, report)
-    print("\n" + report["markdown"])
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nWrote {output}")
+    write_report(report, markdown(rows, report), args.output)
 
 
 if __name__ == "__main__":

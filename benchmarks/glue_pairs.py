@@ -24,15 +24,12 @@ START = time.perf_counter()  # a child's wall time counts from here, so it inclu
 
 import argparse  # noqa: E402  (imports after START on purpose)
 import csv
-import json
 import os
-import shlex
-import sys
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
-from common import emit_result, lightning_clock, machine_info, machine_line, minilm_path, run_child
+from common import new_report, write_report, emit_result, lightning_clock, machine_line, minilm_path, run_child
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).resolve().relative_to(REPO)
@@ -188,22 +185,15 @@ def main() -> None:
     if args.run:
         run_task(args)
         return
-    command = shlex.join(["python", str(SCRIPT), *sys.argv[1:]])
     run_dir = Path(args.run_dir or f"runs/benchmarks/glue_pairs-{datetime.now():%Y%m%d-%H%M%S}")
     rows = [run_child(str(SCRIPT), task, f"{task.upper()} (lit_finetune)", run_dir) for task in args.tasks]
     for row in rows:
         row["baseline"] = cosine_baseline() if row["task"] == "stsb" else majority_baseline(row["task"])
     ratios = {f"{r['task']} {metric} fine-tuned / baseline": r["dev"][metric] / r["baseline"][metric]
               for r in rows for metric in TASKS[r["task"]]["metrics"][:1] if r["baseline"][metric]}
-    report = dict(command=command, date=datetime.now().astimezone().isoformat(timespec="seconds"),
-                  machine=machine_info(), data=str(DATA), run_dir=str(run_dir), epochs=args.epochs,
+    report = new_report(SCRIPT, data=str(DATA), run_dir=str(run_dir), epochs=args.epochs,
                   max_train_examples=args.max_train_examples, results=rows, ratios=ratios)
-    report["markdown"] = markdown(rows, report)
-    print("\n" + report["markdown"])
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nWrote {output}")
+    write_report(report, markdown(rows, report), args.output)
 
 
 if __name__ == "__main__":

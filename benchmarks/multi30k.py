@@ -22,16 +22,12 @@ START = time.perf_counter()  # wall time counts from here, so it includes import
 
 import argparse  # noqa: E402  (imports after START on purpose)
 import csv
-import json
 import math
 import os
-import platform
-import resource
-import shlex
-import sys
 from datetime import datetime
-from importlib.metadata import version
 from pathlib import Path
+
+from common import machine_line, new_report, peak_rss_mib, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).resolve().relative_to(REPO)
@@ -59,10 +55,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
-
-
 def build_tokenizer(run_dir: Path, vocab_size: int) -> tuple[Path, float]:
     """A cased WordPiece tokenizer of both languages' training text: its [SEP] ends every target, so T5 learns to
     stop. (Byte-level BPE has no end token of its own.)"""
@@ -83,26 +75,15 @@ def per_epoch(run: Path, key: str) -> list[float]:
     return [float(r[key]) for r in csv.DictReader((run / "metrics.csv").open()) if r.get(key)]
 
 
-def machine_info() -> dict:
-    import torch
-
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    models = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
-    return dict(cpu=models[0] if models else platform.processor(), cores=os.cpu_count(),
-                torch_threads=torch.get_num_threads(), python=platform.python_version(), torch=version("torch"),
-                transformers=version("transformers"), lightning=version("lightning"),
-                sacrebleu=version("sacrebleu"), platform=platform.platform())
-
-
 def main() -> None:
     args = parse_args()
     os.chdir(REPO)
-    command = shlex.join(["python", str(SCRIPT), *sys.argv[1:]])
     run_dir = Path(args.run_dir or f"runs/benchmarks/multi30k-{datetime.now():%Y%m%d-%H%M%S}")
     run_dir.mkdir(parents=True, exist_ok=True)
     tokenizer, tokenizer_s = build_tokenizer(run_dir, args.vocab_size)
 
     import sacrebleu
+    import torch
     from lightning.pytorch.callbacks import Timer
 
     from lit_finetune.cli import LitFinetuneCLI, default_wandb_mode
@@ -158,12 +139,10 @@ def main() -> None:
         samples_per_s=samples_per_s[-1] if samples_per_s else None,
         tokens_per_s=(per_epoch(run, "perf/tokens_per_s") or [None])[-1],
         peak_rss_mib=peak_rss_mib(), fit_s=fit_s, tokenizer_s=tokenizer_s, wall_s=time.perf_counter() - START,
-        bleu_signature=str(bleu.get_signature()))
-    report = dict(command=command, date=datetime.now().astimezone().isoformat(timespec="seconds"),
-                  machine=machine_info(), data=str(DATA), run_dir=str(run_dir), config=str(CONFIG),
-                  settings=vars(args), result=result,
-                  ratios={"BLEU model/copy-source (> 1: the model beats copying the source)":
-                          sacre.score / copy.score if copy.score else None})
+        bleu_signature=str(bleu.get_signature()), torch_threads=torch.get_num_threads())
+    report = new_report(SCRIPT, data=str(DATA), run_dir=str(run_dir), config=str(CONFIG), settings=vars(args),
+                        result=result, ratios={"BLEU model/copy-source (> 1: the model beats copying the source)":
+                                               sacre.score / copy.score if copy.score else None})
     lines = ["| system | val BLEU (sacrebleu) | val ROUGE-L | samples/s | peak RSS MiB | steps | fit s |",
              "|---|---|---|---|---|---|---|",
              f"| lit_finetune {args.model} from scratch | {sacre.score:.2f} | {result['val_rougeL'] or 0:.2f} | "
@@ -172,16 +151,10 @@ def main() -> None:
              f"| copy the English source | {copy.score:.2f} | | | | | |", "",
              f"- val/bleu logged by lit_finetune: {result['val_bleu_logged']}; sacrebleu on the predictions: "
              f"{sacre.score:.2f} (the same when the whole validation set was generated at the last validation)",
-             f"- command: `{command}`; {train_pairs} training pairs, {result['epochs']} epochs, "
+             f"- command: `{report['command']}`; {train_pairs} training pairs, {result['epochs']} epochs, "
              f"stopped by the time budget: {result['stopped_by_time']}",
-             f"- machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, "
-             f"{report['machine']['torch_threads']} torch threads"]
-    report["markdown"] = "\n".join(lines)
-    print("\n" + report["markdown"])
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nWrote {output}")
+             f"- machine: {machine_line(report['machine'])}; {result['torch_threads']} torch threads"]
+    write_report(report, "\n".join(lines), args.output)
 
 
 if __name__ == "__main__":

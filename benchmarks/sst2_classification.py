@@ -20,14 +20,11 @@ START = time.perf_counter()  # a child's wall time counts from here, so it inclu
 
 import argparse  # noqa: E402  (imports after START on purpose)
 import csv
-import json
 import os
-import shlex
-import sys
 from datetime import datetime
 from pathlib import Path
 
-from common import StepClock, emit_result, hf_clock, lightning_clock, machine_info, machine_line, minilm_path, run_child
+from common import new_report, write_report, StepClock, emit_result, hf_clock, lightning_clock, machine_line, minilm_path, run_child
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).resolve().relative_to(REPO)
@@ -180,7 +177,6 @@ def main() -> None:
     if args.run:
         {"lit": run_lit, "hf": run_hf}[args.run](args, hp)
         return
-    command = shlex.join(["python", str(SCRIPT), *sys.argv[1:]])
     run_dir = Path(args.run_dir or f"runs/benchmarks/sst2-{datetime.now():%Y%m%d-%H%M%S}")
     rows = [run_child(str(SCRIPT), system, SYSTEMS[system], run_dir) for system in args.systems]
     train_tokens = count_train_tokens(args.max_train_examples, hp["max_length"])
@@ -192,16 +188,10 @@ def main() -> None:
         lit, hf = by_system["lit"], by_system["hf"]
         ratios = {"samples/s lit/HF (> 1: lit_finetune trains faster)": lit["samples_per_s"] / hf["samples_per_s"],
                   "peak RSS lit/HF (> 1: lit_finetune uses more memory)": lit["peak_rss_mib"] / hf["peak_rss_mib"]}
-    report = dict(command=command, date=datetime.now().astimezone().isoformat(timespec="seconds"),
-                  machine=machine_info(), recipe=hp, data=str(DATA), run_dir=str(run_dir),
+    report = new_report(SCRIPT, recipe=hp, data=str(DATA), run_dir=str(run_dir),
                   train_examples=rows[0]["train_examples"] if rows else 0, train_tokens_per_epoch=train_tokens,
                   results=rows, ratios=ratios)
-    report["markdown"] = markdown(rows, ratios, report)
-    print("\n" + report["markdown"])
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nWrote {output}")
+    write_report(report, markdown(rows, ratios, report), args.output)
 
 
 if __name__ == "__main__":

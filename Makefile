@@ -7,7 +7,8 @@ TORCH_SPEC ?= torch==2.13.0
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 QUICKSTART_DIR ?= .quickstart
 
-.PHONY: setup quickstart test benchmark-sst2 benchmark-sweep benchmark-pretrain-objectives clean
+.PHONY: setup quickstart test benchmark-sst2 benchmark-sweep benchmark-pretrain-objectives benchmark-conll2003 \
+  benchmark-squad benchmark-multi30k benchmark-glue-pairs clean
 
 setup: $(VENV)/.installed
 
@@ -53,6 +54,21 @@ benchmark-pretrain-objectives: setup
 	$(OFFLINE) WANDB_MODE=offline $(BIN)/lit-finetune sweep sweeps/pretrain_objectives.yaml \
 	  --sweep_dir $(OBJECTIVES_SWEEP_DIR) -- $(SST2_LOCAL) --data.init_args.max_train_examples=8000
 	$(BIN)/lit-finetune compare --sweep $(OBJECTIVES_SWEEP_DIR) --markdown $(OBJECTIVES_SWEEP_DIR)/compare.md
+
+# Downstream heads on ../shared/data (see BENCHMARKS.md for the arguments of each recorded run).
+benchmark-conll2003: setup
+	$(BIN)/pip install -q -e ".[bench]"
+	$(OFFLINE) WANDB_MODE=offline $(BIN)/python benchmarks/conll2003.py $(ARGS)
+
+benchmark-squad: setup
+	$(BIN)/pip install -q -e ".[bench]"
+	$(OFFLINE) WANDB_MODE=offline $(BIN)/python benchmarks/squad.py $(ARGS)
+
+benchmark-multi30k: setup
+	$(OFFLINE) WANDB_MODE=offline $(BIN)/python benchmarks/multi30k.py $(ARGS)
+
+benchmark-glue-pairs: setup
+	$(OFFLINE) WANDB_MODE=offline $(BIN)/python benchmarks/glue_pairs.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(QUICKSTART_DIR) runs

@@ -23,8 +23,11 @@ quickstart: setup
 	$(OFFLINE) $(BIN)/python -m lit_finetune.data.synthetic --output_dir $(QUICKSTART_DIR)/data
 	$(OFFLINE) $(BIN)/lit-finetune fit --config configs/classification/quickstart.yaml
 
+# Tests run on TEST_WORKERS processes of one torch thread each: tiny models gain nothing from more threads, and the
+# subprocess and I/O waits of one worker overlap the other's work.
+TEST_WORKERS ?= 2
 test: setup
-	$(OFFLINE) WANDB_MODE=offline $(BIN)/python -m pytest -q tests
+	$(OFFLINE) WANDB_MODE=offline OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) tests
 
 benchmark-sst2: setup
 	$(BIN)/pip install -q -e ".[bench]"

@@ -23,7 +23,7 @@ import os
 from datetime import datetime
 from pathlib import Path
 
-from common import new_report, write_report, emit_result, hf_clock, lightning_clock, machine_line, minilm_path, run_child
+from common import (emit_result, hf_clock, lightning_clock, machine_line, minilm_path, new_report, run_child, write_report)
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).resolve().relative_to(REPO)

@@ -29,7 +29,7 @@ from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
-from common import new_report, write_report, emit_result, lightning_clock, machine_line, minilm_path, run_child
+from common import emit_result, lightning_clock, machine_line, minilm_path, new_report, run_child, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).resolve().relative_to(REPO)

@@ -79,6 +79,25 @@ class TaskModule(pl.LightningModule):
         # from_pretrained returns eval mode, and Lightning keeps submodules' modes: without this, dropout stays off.
         self.model.train()
 
+    def shared_step(self, batch: dict, split: str) -> torch.Tensor:
+        """The loss of a batch of `split` (train, val or test), with the split's metrics updated."""
+        raise NotImplementedError
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self.shared_step(batch, "train")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.shared_step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.shared_step(batch, "test")
+
+    def log_loss(self, split: str, loss: torch.Tensor, batch_size: int) -> None:
+        """``<split>/loss``: per step and epoch in training, per epoch (synced across processes) in evaluation."""
+        on_step = split == "train"
+        self.log(f"{split}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=on_step, batch_size=batch_size,
+                 sync_dist=not on_step)
+
     def model_inputs(self, batch: dict) -> dict:
         """The tensors of the batch that the Hugging Face model takes (the rest are labels and ids)."""
         return {k: batch[k] for k in self.tokenizer.model_input_names if k in batch}

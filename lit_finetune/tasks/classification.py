@@ -85,19 +85,8 @@ class SequenceClassificationModule(LabeledTaskModule):
         logits = self(batch)
         loss = self.loss(logits, batch["labels"])
         getattr(self, f"{split}_metrics").update(self.predictions(logits.detach()), batch["labels"])
-        on_step = split == "train"
-        self.log(f"{split}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=on_step,
-                 batch_size=len(batch["labels"]), sync_dist=not on_step)
+        self.log_loss(split, loss, len(batch["labels"]))
         return loss
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self.shared_step(batch, "train")
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self.shared_step(batch, "val")
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self.shared_step(batch, "test")
 
     def log_split_metrics(self, split: str) -> dict[str, torch.Tensor]:
         metrics = getattr(self, f"{split}_metrics")

@@ -3,20 +3,18 @@ generates."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 import torchmetrics
-from lightning.pytorch.loggers import WandbLogger
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, PreTrainedModel
 
 from lit_finetune import backbones
 from lit_finetune.errors import ConfigError
 from lit_finetune.tasks.base import TaskModule
 from lit_finetune.tasks.generation_metrics import GenerationScores
+from lit_finetune.training.callbacks import record_samples
 
 ScoreName = Literal["bleu", "rouge1", "rouge2", "rougeL"]
 
@@ -155,15 +153,8 @@ class Seq2SeqModule(TaskModule):
     def log_samples(self) -> None:
         """This validation's first generations, appended to samples.jsonl and logged as a W&B table, to watch them
         improve (like GenerationSamples for causal LMs, but from the batches already generated)."""
-        if not self.trainer.is_global_zero or not self.samples:
-            return
-        rows = [{"step": self.global_step, **row} for row in self.samples[:self.hparams.num_samples]]
-        with (Path(self.trainer.default_root_dir) / "samples.jsonl").open("a", encoding="utf-8") as f:
-            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-        for logger in self.trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_text("val/samples", columns=list(rows[0]), data=[list(r.values()) for r in rows],
-                                step=self.global_step)
+        if self.trainer.is_global_zero:
+            record_samples(self.trainer, self.samples[:self.hparams.num_samples])
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         return [{"id": i, "source": s, "prediction": p}

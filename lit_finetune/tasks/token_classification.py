@@ -127,23 +127,12 @@ class TokenClassificationModule(LabeledTaskModule):
     def shared_step(self, batch: dict, split: str) -> torch.Tensor:
         emissions = self(batch)
         loss = self.loss(emissions, batch)
-        on_step = split == "train"
-        self.log(f"{split}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=on_step,
-                 batch_size=len(batch["input_ids"]), sync_dist=not on_step)
+        self.log_loss(split, loss, len(batch["input_ids"]))
         if split != "train":
             gold, predicted = self.sequences.setdefault(split, ([], []))
             gold.extend(self.gold(batch))
             predicted.extend(self.decode(emissions, batch["word_starts"]))
         return loss
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self.shared_step(batch, "train")
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self.shared_step(batch, "val")
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self.shared_step(batch, "test")
 
     def log_entity_scores(self, split: str) -> dict[str, float]:
         gold, predicted = self.sequences.pop(split, ([], []))

@@ -176,14 +176,22 @@ class GenerationSamples(pl.Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        rows = [{"step": trainer.global_step, "prompt": p, "continuation": c}
-                for p, c in zip(self.prompts, self.continuations(pl_module))]
-        with (Path(trainer.default_root_dir) / "samples.jsonl").open("a", encoding="utf-8") as f:
-            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_text("val/samples", columns=list(rows[0]), data=[list(r.values()) for r in rows],
-                                step=trainer.global_step)
+        record_samples(trainer, [{"prompt": p, "continuation": c}
+                                 for p, c in zip(self.prompts, self.continuations(pl_module))])
+
+
+def record_samples(trainer: pl.Trainer, rows: list[dict]) -> None:
+    """Generated samples of this validation, stamped with the step: appended to samples.jsonl in the run folder and
+    logged to W&B as the table ``val/samples``."""
+    if not rows:
+        return
+    rows = [{"step": trainer.global_step, **row} for row in rows]
+    with (Path(trainer.default_root_dir) / "samples.jsonl").open("a", encoding="utf-8") as f:
+        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_text("val/samples", columns=list(rows[0]), data=[list(r.values()) for r in rows],
+                            step=trainer.global_step)
 
 
 class Throughput(pl.Callback):

@@ -1,4 +1,5 @@
-"""What every data module shares: the backbone's tokenizer, the tokenized-data cache, batch sizes and loaders."""
+"""What every data module shares: the backbone's tokenizer, the tokenized-data cache, batch sizes and loaders; and
+what every task's data module shares: a hub dataset or one local file per split."""
 
 from __future__ import annotations
 
@@ -49,49 +50,6 @@ class TokenizedDataModule(pl.LightningDataModule):
         self.tokenizer = backbones.load_tokenizer(model_name_or_path, trust_remote_code, tokenizer_name_or_path)
         self.tokenizer_fingerprint = cache.tokenizer_fingerprint(self.tokenizer)
         self.splits: datasets.DatasetDict | None = None
-        self.files: dict[str, str] = {}  # local file per split, for modules that read them with read_raw
-
-    # ----------------------------------------------------------------------------------------------------------- #
-    # Reading (rank 0, in prepare_data)
-
-    def read_raw(self) -> tuple[dict[str, datasets.Dataset], dict[str, str]]:
-        """Raw splits from the hub (``dataset_name``, ``dataset_config``) and local files (``self.files``), the
-        training rows cut to ``max_train_examples``, and each split's source name for error messages."""
-        h = self.hparams
-        raw, sources = {}, {}
-        if h.dataset_name:
-            hub = readers.read_hub(h.dataset_name, h.dataset_config)
-            raw = {split: hub[split] for split in ("train", "validation", "test") if split in hub}
-            sources = {split: f"{h.dataset_name} [{split}]" for split in raw}
-        for split, path in self.files.items():
-            raw[split] = readers.read_file(path, f"data.{split}_file")
-            sources[split] = str(path)
-        if "train" in raw and h.get("max_train_examples"):
-            raw["train"] = raw["train"].select(range(min(h.max_train_examples, len(raw["train"]))))
-        for split, ds in raw.items():
-            if len(ds) == 0:
-                raise DataError(f"{sources[split]}: the {split} split has no rows")
-        return raw, sources
-
-    def hold_out(self, train: datasets.Dataset, class_names: list[str] | None = None
-                 ) -> tuple[datasets.Dataset, datasets.Dataset]:
-        """Carve a seeded validation split of ``validation_fraction`` from train, stratified by ``labels`` when
-        `class_names` are given."""
-        fraction = self.hparams.validation_fraction
-        if not 0 < fraction < 1 or len(train) < 2:
-            raise ConfigError(f"data.validation_fraction: got {fraction} with {len(train)} training examples and no "
-                              "validation data; give data.validation_file, or a fraction in (0, 1) of at least 2")
-        stratify = None
-        if class_names is not None:
-            train = train.cast_column("labels", datasets.ClassLabel(names=class_names))
-            stratify = "labels"
-        try:
-            parts = train.train_test_split(test_size=fraction, seed=self.hparams.seed, stratify_by_column=stratify)
-        except ValueError:  # a class too rare to stratify: fall back to a plain seeded split
-            parts = train.train_test_split(test_size=fraction, seed=self.hparams.seed)
-        rank_zero_info(f"No validation data given: held out {len(parts['test'])} of {len(train)} training examples "
-                       f"(data.validation_fraction={fraction}, seed={self.hparams.seed}).")
-        return parts["train"], parts["test"]
 
     # ----------------------------------------------------------------------------------------------------------- #
     # Loading (every rank) and batching
@@ -151,7 +109,9 @@ class TokenizedDataModule(pl.LightningDataModule):
 
 
 class SplitsDataModule(TokenizedDataModule):
-    """A task's data module: splits from a hub dataset, or one local file per split (formats: see each module)."""
+    """A task's data module: splits from a hub dataset, or one local file per split (formats: see each module), read
+    by ``read_raw``; ``hold_out`` carves validation data from train for modules that have ``validation_fraction``
+    and ``seed``."""
 
     def __init__(
         self,
@@ -182,3 +142,45 @@ class SplitsDataModule(TokenizedDataModule):
         if not dataset_name and not self.files:
             raise ConfigError("data: give either data.dataset_name (a hub dataset) or local files "
                               "(data.train_file, data.validation_file, data.test_file, data.predict_file)")
+
+    # ----------------------------------------------------------------------------------------------------------- #
+    # Reading (rank 0, in prepare_data)
+
+    def read_raw(self) -> tuple[dict[str, datasets.Dataset], dict[str, str]]:
+        """Raw splits from the hub (``dataset_name``, ``dataset_config``) and local files (``self.files``), the
+        training rows cut to ``max_train_examples``, and each split's source name for error messages."""
+        h = self.hparams
+        raw, sources = {}, {}
+        if h.dataset_name:
+            hub = readers.read_hub(h.dataset_name, h.dataset_config)
+            raw = {split: hub[split] for split in ("train", "validation", "test") if split in hub}
+            sources = {split: f"{h.dataset_name} [{split}]" for split in raw}
+        for split, path in self.files.items():
+            raw[split] = readers.read_file(path, f"data.{split}_file")
+            sources[split] = str(path)
+        if "train" in raw and h.max_train_examples:
+            raw["train"] = raw["train"].select(range(min(h.max_train_examples, len(raw["train"]))))
+        for split, ds in raw.items():
+            if len(ds) == 0:
+                raise DataError(f"{sources[split]}: the {split} split has no rows")
+        return raw, sources
+
+    def hold_out(self, train: datasets.Dataset, class_names: list[str] | None = None
+                 ) -> tuple[datasets.Dataset, datasets.Dataset]:
+        """Carve a seeded validation split of ``validation_fraction`` from train, stratified by ``labels`` when
+        `class_names` are given."""
+        fraction = self.hparams.validation_fraction
+        if not 0 < fraction < 1 or len(train) < 2:
+            raise ConfigError(f"data.validation_fraction: got {fraction} with {len(train)} training examples and no "
+                              "validation data; give data.validation_file, or a fraction in (0, 1) of at least 2")
+        stratify = None
+        if class_names is not None:
+            train = train.cast_column("labels", datasets.ClassLabel(names=class_names))
+            stratify = "labels"
+        try:
+            parts = train.train_test_split(test_size=fraction, seed=self.hparams.seed, stratify_by_column=stratify)
+        except ValueError:  # a class too rare to stratify: fall back to a plain seeded split
+            parts = train.train_test_split(test_size=fraction, seed=self.hparams.seed)
+        rank_zero_info(f"No validation data given: held out {len(parts['test'])} of {len(train)} training examples "
+                       f"(data.validation_fraction={fraction}, seed={self.hparams.seed}).")
+        return parts["train"], parts["test"]

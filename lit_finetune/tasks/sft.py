@@ -7,11 +7,6 @@ import math
 
 import torch
 import torchmetrics
-from transformers import AutoConfig
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
-
-from lit_finetune import backbones
-from lit_finetune.errors import ConfigError
 from lit_finetune.tasks.pretraining.language_modeling import CausalLMModule
 from lit_finetune.training.callbacks import GenerationSamples
 
@@ -24,7 +19,7 @@ class CausalSFTModule(CausalLMModule):
     ``{id, prompt, response}`` rows (for PredictionWriter); ResponseSamples shows answers during training. Export: an
     ``AutoModelForCausalLM`` folder with the tokenizer and its chat template, which ``pipeline("text-generation")``
     loads.
-    Raises: ConfigError for an encoder-only (BERT-style) or encoder-decoder backbone.
+    Raises: ConfigError for an encoder-only (BERT-style) or encoder-decoder backbone (see CausalLMModule).
     """
 
     def __init__(self, model_name_or_path: str = "smollm2", max_new_tokens: int = 128, **kwargs):
@@ -37,25 +32,6 @@ class CausalSFTModule(CausalLMModule):
         super().__init__(model_name_or_path=model_name_or_path, **kwargs)
         self.test_nll, self.test_token_acc = torchmetrics.MeanMetric(), torchmetrics.MeanMetric()
         self.best = torchmetrics.MinMetric()
-
-    def require_decoder(self) -> None:
-        """Encoders load as a causal LM (BERT has an LM-head variant) but were never trained to generate: refuse
-        them before any weights are read."""
-        h = self.hparams
-        found = backbones.preset(h.model_name_or_path)
-        config = AutoConfig.for_model(found[1]) if found else \
-            AutoConfig.from_pretrained(backbones.resolve(h.model_name_or_path), trust_remote_code=h.trust_remote_code)
-        kind = config.model_type
-        if config.is_encoder_decoder or kind in MODEL_FOR_MASKED_LM_MAPPING_NAMES \
-                or kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-            raise ConfigError(f"model.model_name_or_path: {h.model_name_or_path!r} is a {kind!r} model; SFT needs a "
-                              "decoder-only (causal) language model such as smollm2, a GPT-2 / Llama / Qwen "
-                              "checkpoint, or tiny:gpt2 (for an encoder-decoder model use the seq2seq task)")
-
-    def configure_model(self) -> None:
-        if self.model is None:
-            self.require_decoder()
-        super().configure_model()
 
     def inputs_and_labels(self, batch: dict, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         return batch["input_ids"], batch["labels"]

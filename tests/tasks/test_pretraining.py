@@ -14,7 +14,7 @@ from helpers import REPO, logged_values, run_cli, tiny_args, wandb_records
 from lit_finetune import backbones
 from lit_finetune.cli import LitFinetuneCLI
 from lit_finetune.errors import ConfigError
-from lit_finetune.tasks.pretraining import MaskedLMModule
+from lit_finetune.tasks.pretraining import CausalLMModule, MaskedLMModule
 from lit_finetune.tasks.pretraining.masking import IGNORE, mask_tokens, select_tokens
 
 TEMPLATES = ["the {} ball rolled slowly to the {} .", "a {} dog sat on the {} mat .", "we walked to the {} park ."]
@@ -205,3 +205,11 @@ def test_size_presets_build_from_config():
     with pytest.raises(ConfigError, match=r"'huge:bert' is not a local folder, a hub id \(owner/name\) or a size "
                                           r"preset \(tiny\|small\|base:<model_type>"):
         backbones.resolve("huge:bert")
+
+
+@pytest.mark.parametrize("backbone", ["tiny:bert", "minilm", "tiny:t5"])
+def test_causal_lm_refuses_encoders_before_reading_weights(backbone):
+    module = CausalLMModule(model_name_or_path=backbone)
+    with pytest.raises(ConfigError, match="causal language modeling needs a decoder-only model"):
+        module.configure_model()
+    assert module.model is None

@@ -76,7 +76,7 @@ def test_fit_logs_response_metrics_and_samples_then_predicts(tmp_path):
 @pytest.mark.parametrize("backbone", ["tiny:bert", "minilm", "tiny:bart"])
 def test_encoders_are_refused_before_training(backbone, tmp_path):
     dm = InstructionDataModule(backbone, **instruction_files(tmp_path), batch_size=4)
-    with pytest.raises(ConfigError, match=r"model.model_name_or_path: .* SFT needs a decoder-only \(causal\)"):
+    with pytest.raises(ConfigError, match=r"model_name_or_path: .* causal language modeling needs a decoder-only"):
         trainer(tmp_path / "run", max_steps=1).fit(CausalSFTModule(backbone), datamodule=dm)
 
 

@@ -6,8 +6,10 @@ import math
 
 import torch
 import torchmetrics
-from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, PreTrainedModel
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
+from lit_finetune import backbones
 from lit_finetune.errors import ConfigError
 from lit_finetune.tasks.base import TaskModule
 from lit_finetune.tasks.pretraining.masking import IGNORE, mask_tokens, select_tokens
@@ -139,10 +141,30 @@ class CausalLMModule(LanguageModelingModule):
 
     Features: logs ``train/loss``, ``val/loss``, ``val/perplexity`` (exp of the mean next-token loss) and
     ``val/next_token_acc``. Export: an ``AutoModelForCausalLM`` folder that ``pipeline("text-generation")`` loads.
+    Raises: ConfigError for an encoder-only (BERT-style) or encoder-decoder backbone, before any weights are read.
     """
 
     auto_class = AutoModelForCausalLM
     acc_name = "next_token_acc"
+
+    def require_decoder(self) -> None:
+        """Encoders load as a causal LM (BERT has an LM-head variant) but were never trained to generate: refuse
+        them before any weights are read."""
+        h = self.hparams
+        found = backbones.preset(h.model_name_or_path)
+        config = AutoConfig.for_model(found[1]) if found else \
+            AutoConfig.from_pretrained(backbones.resolve(h.model_name_or_path), trust_remote_code=h.trust_remote_code)
+        kind = config.model_type
+        if config.is_encoder_decoder or kind in MODEL_FOR_MASKED_LM_MAPPING_NAMES \
+                or kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+            raise ConfigError(f"model.model_name_or_path: {h.model_name_or_path!r} is a {kind!r} model; causal "
+                              "language modeling needs a decoder-only model such as smollm2, a GPT-2 / Llama / Qwen "
+                              "checkpoint, or tiny:gpt2 (for an encoder-decoder model use the seq2seq task)")
+
+    def configure_model(self) -> None:
+        if self.model is None:
+            self.require_decoder()
+        super().configure_model()
 
     def inputs_and_labels(self, batch: dict, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torchmetrics
 from safetensors.torch import save_file
 from seqeval import scheme as seqeval_schemes
 from seqeval.metrics import classification_report
@@ -73,6 +74,7 @@ class TokenClassificationModule(LabeledTaskModule):
         self.tag_scheme: TagScheme | None = None
         self.crf: CRF | None = None
         self.sequences: dict[str, tuple[list, list]] = {}  # split -> (gold, predicted) tag sequences of the epoch
+        self.best = torchmetrics.MaxMetric()  # the best validation F1 so far, as the other tasks keep theirs
 
     def build_model(self) -> PreTrainedModel:
         self.take_labels_from_data()
@@ -149,13 +151,13 @@ class TokenClassificationModule(LabeledTaskModule):
         return scores
 
     def on_train_start(self) -> None:
-        self.best_f1 = 0.0  # forget the sanity check's values
+        self.best.reset()  # forget the sanity check's values
 
     def on_validation_epoch_end(self) -> None:
         scores = self.log_entity_scores("val")
         if not self.trainer.sanity_checking:
-            self.best_f1 = max(getattr(self, "best_f1", 0.0), scores["val/f1"])
-            self.log("val/f1_best", self.best_f1)
+            self.best.update(scores["val/f1"])
+            self.log("val/f1_best", self.best.compute())
 
     def on_test_epoch_end(self) -> None:
         self.log_entity_scores("test")

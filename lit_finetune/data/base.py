@@ -156,7 +156,7 @@ class SplitsDataModule(TokenizedDataModule):
             raw = {split: hub[split] for split in ("train", "validation", "test") if split in hub}
             sources = {split: f"{h.dataset_name} [{split}]" for split in raw}
         for split, path in self.files.items():
-            raw[split] = readers.read_file(path, f"data.{split}_file")
+            raw[split] = self.read_local(split, path)
             sources[split] = str(path)
         if "train" in raw and h.max_train_examples:
             raw["train"] = raw["train"].select(range(min(h.max_train_examples, len(raw["train"]))))
@@ -164,6 +164,10 @@ class SplitsDataModule(TokenizedDataModule):
             if len(ds) == 0:
                 raise DataError(f"{sources[split]}: the {split} split has no rows")
         return raw, sources
+
+    def read_local(self, split: str, path: str) -> datasets.Dataset:
+        """One split's local file; modules whose files have a format of their own read it here."""
+        return readers.read_file(path, f"data.{split}_file")
 
     def hold_out(self, train: datasets.Dataset, class_names: list[str] | None = None
                  ) -> tuple[datasets.Dataset, datasets.Dataset]:

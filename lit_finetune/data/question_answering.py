@@ -135,6 +135,7 @@ class QuestionAnsweringDataModule(SplitsDataModule):
             **kwargs: Data source, tokenizer, batch sizes, workers and cache (see SplitsDataModule).
         """
         super().__init__(model_name_or_path=model_name_or_path, **kwargs)
+        self.places: dict[str, list[str]] = {}  # SQuAD JSON: each row's place in its file, for messages
         if self.tokenizer.padding_side != "right":
             raise ConfigError(f"model.model_name_or_path: the tokenizer pads on the {self.tokenizer.padding_side}; "
                               "question answering here expects right padding (question first, context second)")
@@ -161,24 +162,12 @@ class QuestionAnsweringDataModule(SplitsDataModule):
     # ----------------------------------------------------------------------------------------------------------- #
     # Reading and checking the raw data (rank 0 only, in prepare_data)
 
-    def read_raw(self) -> dict[str, tuple[datasets.Dataset, str, list[str] | None]]:
-        """Each split's rows, its source name for messages, and (SQuAD JSON) each row's place in the file."""
-        h = self.hparams
-        raw = {}
-        if h.dataset_name:
-            hub = readers.read_hub(h.dataset_name, h.dataset_config)
-            raw = {split: (hub[split], f"{h.dataset_name} [{split}]", None)
-                   for split in ("train", "validation", "test") if split in hub}
-        for split, path in self.files.items():
-            if Path(path).suffix == ".json":
-                ds, places = read_squad_json(path, f"data.{split}_file")
-                raw[split] = (ds, str(path), places)
-            else:
-                raw[split] = (readers.read_file(path, f"data.{split}_file"), str(path), None)
-        if "train" in raw and h.max_train_examples:
-            ds, source, places = raw["train"]
-            raw["train"] = (ds.select(range(min(h.max_train_examples, len(ds)))), source, places)
-        return raw
+    def read_local(self, split: str, path: str) -> datasets.Dataset:
+        """SQuAD JSON (each row's place in the file kept for messages), or flat rows in the hub's columns."""
+        if Path(path).suffix != ".json":
+            return super().read_local(split, path)
+        ds, self.places[split] = read_squad_json(path, f"data.{split}_file")
+        return ds
 
     def check(self, split: str, ds: datasets.Dataset, source: str, places: list[str] | None) -> datasets.Dataset:
         """Non-empty contexts and questions, unique ids, answers where the data version needs them and at the
@@ -300,10 +289,9 @@ class QuestionAnsweringDataModule(SplitsDataModule):
         if cache.is_cached(target):
             return
         tokenized, examples = {}, {}
-        for split, (ds, source, places) in self.read_raw().items():
-            if len(ds) == 0:
-                raise DataError(f"{source}: the {split} split has no questions")
-            rows = self.check(split, ds, source, places)
+        raw, sources = self.read_raw()
+        for split, ds in raw.items():
+            rows = self.check(split, ds, sources[split], self.places.get(split))
             examples[split] = len(rows)
             tokenized[split] = rows.map(self.tokenize, batched=True, remove_columns=rows.column_names,
                                         fn_kwargs=dict(labeled=split != "predict", evaluation=split != "train"),

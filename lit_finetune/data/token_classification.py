@@ -89,7 +89,7 @@ class TokenClassificationDataModule(SplitsDataModule):
     # ----------------------------------------------------------------------------------------------------------- #
     # Reading and checking (rank 0, in prepare_data)
 
-    def read_split(self, split: str, path: str) -> datasets.Dataset:
+    def read_local(self, split: str, path: str) -> datasets.Dataset:
         """``tokens`` and ``tags`` (names or ids) and ``where`` (file and line or row) of each sentence."""
         h = self.hparams
         if Path(path).suffix not in TABLE_SUFFIXES:
@@ -109,22 +109,11 @@ class TokenClassificationDataModule(SplitsDataModule):
             {c: new for c, new in columns.items() if c in ds.column_names and c != new})
         return ds.add_column("where", [readers.row_location(source, i) for i in range(len(ds))])
 
-    def read_raw(self) -> dict[str, datasets.Dataset]:
-        h = self.hparams
-        raw = {}
-        if h.dataset_name:
-            hub = readers.read_hub(h.dataset_name, h.dataset_config)
-            for split in ("train", "validation", "test"):
-                if split in hub:
-                    raw[split] = self.table_columns(hub[split], f"{h.dataset_name} [{split}]", split)
-        for split, path in self.files.items():
-            raw[split] = self.read_split(split, path)
-        if "train" in raw and h.max_train_examples:
-            raw["train"] = raw["train"].select(range(min(h.max_train_examples, len(raw["train"]))))
-        for split, ds in raw.items():
-            if len(ds) == 0:
-                raise DataError(f"{self.files.get(split, h.dataset_name)}: the {split} split has no sentences")
-        return raw
+    def read_raw(self) -> tuple[dict[str, datasets.Dataset], dict[str, str]]:
+        """Every split as ``tokens``, ``tags`` and ``where``: hub splits mapped like tables."""
+        raw, sources = super().read_raw()
+        return ({split: ds if "where" in ds.column_names else self.table_columns(ds, sources[split], split)
+                 for split, ds in raw.items()}, sources)
 
     def tag_names(self, raw: dict[str, datasets.Dataset]) -> list[str]:
         """Tag names in id order: from label_names, the hub's ClassLabel, or the training tags (O first)."""
@@ -197,7 +186,7 @@ class TokenClassificationDataModule(SplitsDataModule):
         target = self.cache_path()
         if cache.is_cached(target):
             return
-        raw = self.read_raw()
+        raw, _ = self.read_raw()
         names = self.tag_names(raw)
         tokenized, dropped = {}, {}
         for split, ds in raw.items():

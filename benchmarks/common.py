@@ -93,10 +93,11 @@ def emit_result(started: float, clock: StepClock, samples: int, **result) -> Non
     print(RESULT_PREFIX + json.dumps(result), flush=True)
 
 
-def run_child(script: str, system: str, label: str, run_dir) -> dict:
-    """Run `script` again for one system in a fresh interpreter (hidden ``--run SYSTEM``); its output passes
-    through, its result line comes back."""
-    command = [sys.executable, script, *sys.argv[1:], "--run", system, "--run_dir", str(run_dir / system)]
+def run_child(script: str, system: str, label: str, run_dir, *extra_args: str) -> dict:
+    """Run `script` again for one system in a fresh interpreter (hidden ``--run SYSTEM``, then `extra_args`); its
+    output passes through, its result line comes back."""
+    command = [sys.executable, script, *sys.argv[1:], "--run", system, "--run_dir", str(run_dir / system),
+               *extra_args]
     print(f"\n=== {label}: {shlex.join(command)}", flush=True)
     proc = subprocess.run(command, stdout=subprocess.PIPE, text=True)
     lines = proc.stdout.splitlines()

@@ -7,6 +7,7 @@ cannot drift from what lit_finetune ships. Each system runs in its own subproces
 
     python benchmarks/conll2003.py                          # hf, lit, lit_crf; full train set, 1 epoch
     python benchmarks/conll2003.py --max_train_examples 500 # smoke run
+    python benchmarks/conll2003.py --systems hf,lit --seeds 42,43,44   # each system once per seed, then mean and std
 
 Data: ../shared/data/conll2003/{train,valid,test}.txt relative to the repo root (word POS chunk NER, IOB2).
 Set HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false on a machine offline.
@@ -37,13 +38,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--systems", default="hf,lit,lit_crf", help="which systems to run, in this order")
     parser.add_argument("--max_train_examples", type=int, default=None, help="first N training sentences")
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds, each system run once per seed "
+                        "(default: the config's seed_everything)")
     parser.add_argument("--output", default="runs/benchmarks/conll2003.json", help="JSON report")
     parser.add_argument("--run_dir", default=None, help="run folders (default runs/benchmarks/conll2003-<time>/<system>)")
     parser.add_argument("--run", choices=sorted(SYSTEMS), help=argparse.SUPPRESS)  # child mode
+    parser.add_argument("--seed", type=int, default=None, help=argparse.SUPPRESS)  # child mode
     args = parser.parse_args(argv)
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     if not args.systems or set(args.systems) - set(SYSTEMS):
         parser.error(f"--systems: got {args.systems}; choose from {sorted(SYSTEMS)}, comma-separated")
+    try:
+        args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()] if args.seeds else []
+    except ValueError:
+        parser.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
     return args
 
 
@@ -55,7 +63,7 @@ def recipe(args: argparse.Namespace) -> dict:
     return dict(learning_rate=float(model["learning_rate"]), weight_decay=float(model["weight_decay"]),
                 warmup=float(model["warmup"]), lr_scheduler=model["lr_scheduler"], batch_size=int(data["batch_size"]),
                 max_length=int(data["max_length"]), max_grad_norm=float(config["trainer"]["gradient_clip_val"]),
-                seed=int(config["seed_everything"]), epochs=args.epochs)
+                seed=args.seed if args.seed is not None else int(config["seed_everything"]), epochs=args.epochs)
 
 
 def run_lit(args: argparse.Namespace, hp: dict) -> None:
@@ -65,7 +73,7 @@ def run_lit(args: argparse.Namespace, hp: dict) -> None:
     LitStepClock = lightning_clock()
     default_wandb_mode()
     cli = LitFinetuneCLI(args=[
-        "fit", f"--config={CONFIG}", "--data.init_args.dataset_name=null",
+        "fit", f"--config={CONFIG}", f"--seed_everything={hp['seed']}", "--data.init_args.dataset_name=null",
         *[f"--data.init_args.{split}_file={DATA / name}" for split, name in
           (("train", "train.txt"), ("validation", "valid.txt"), ("test", "test.txt"))],
         f"--data.init_args.max_train_examples={args.max_train_examples or 'null'}",
@@ -76,7 +84,7 @@ def run_lit(args: argparse.Namespace, hp: dict) -> None:
     clock = next(cb for cb in cli.trainer.callbacks if isinstance(cb, LitStepClock))
     dev = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("val/")}
     test = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)[0]
-    emit_result(START, clock, len(cli.datamodule.splits["train"]) * hp["epochs"], system=args.run,
+    emit_result(START, clock, len(cli.datamodule.splits["train"]) * hp["epochs"], system=args.run, seed=hp["seed"],
                 train_examples=len(cli.datamodule.splits["train"]), dev_f1=dev["val/f1"], test_f1=test["test/f1"],
                 dev_precision=dev["val/precision"], dev_recall=dev["val/recall"],
                 test_per_type={k[len("test/f1_"):]: v for k, v in test.items() if k.startswith("test/f1_")})
@@ -155,22 +163,42 @@ def run_hf(args: argparse.Namespace, hp: dict) -> None:
     trainer.train()
     dev_scores = trainer.evaluate()
     test_scores = trainer.evaluate(test, metric_key_prefix="test")
-    emit_result(START, clock, len(train) * hp["epochs"], system="hf", train_examples=len(train),
+    emit_result(START, clock, len(train) * hp["epochs"], system="hf", seed=hp["seed"], train_examples=len(train),
                 dev_f1=dev_scores["eval_f1"], test_f1=test_scores["test_f1"],
                 dev_precision=dev_scores["eval_precision"], dev_recall=dev_scores["eval_recall"],
                 test_per_type={k[len("test_f1_"):]: v for k, v in test_scores.items() if k.startswith("test_f1_")})
 
 
+def seed_summary(rows: list[dict]) -> dict:
+    """Mean and sample standard deviation over seeds of each system's F1, speed and memory."""
+    from statistics import mean, stdev
+
+    summary = {}
+    for system in dict.fromkeys(r["system"] for r in rows):
+        runs = [r for r in rows if r["system"] == system]
+        summary[system] = {"seeds": ",".join(str(r["seed"]) for r in runs)}
+        for key in ("dev_f1", "test_f1", "samples_per_s", "peak_rss_mib"):
+            values = [r[key] for r in runs]
+            summary[system][f"{key}_mean"] = mean(values)
+            summary[system][f"{key}_std"] = stdev(values) if len(values) > 1 else 0.0
+    return summary
+
+
 def markdown(rows: list[dict], report: dict) -> str:
-    header = ["system", "dev F1", "test F1", "test F1 PER / LOC / ORG / MISC", "train time s", "samples/s",
+    header = ["system", "seed", "dev F1", "test F1", "test F1 PER / LOC / ORG / MISC", "train time s", "samples/s",
               "peak RSS MiB", "wall s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         per_type = " / ".join(f"{r['test_per_type'].get(t, 0):.3f}" for t in ("PER", "LOC", "ORG", "MISC"))
-        lines.append(f"| {SYSTEMS[r['system']]} | {r['dev_f1']:.4f} | {r['test_f1']:.4f} | {per_type} "
+        lines.append(f"| {SYSTEMS[r['system']]} | {r['seed']} | {r['dev_f1']:.4f} | {r['test_f1']:.4f} | {per_type} "
                      f"| {r['train_s']:.1f} | {r['samples_per_s']:.1f} | {r['peak_rss_mib']:.0f} | {r['wall_s']:.1f} |")
     lines.append("")
-    lines += [f"- {name}: {value:.3f}" for name, value in report["ratios"].items()]
+    if report["seeds"]:
+        lines += ["| system | seeds | dev F1 mean ± std | test F1 mean ± std |", "|---|---|---|---|"]
+        lines += [f"| {SYSTEMS[system]} | {s['seeds']} | {s['dev_f1_mean']:.4f} ± {s['dev_f1_std']:.4f} "
+                  f"| {s['test_f1_mean']:.4f} ± {s['test_f1_std']:.4f} |" for system, s in report["summary"].items()]
+        lines.append("")
+    lines += [f"- {name}: {value:.4f}" for name, value in report["ratios"].items()]
     lines += [f"- {SYSTEMS[r['system']]}: peak RSS {r['train_peak_rss_mib']:.0f} MiB by the end of training; CPU "
               f"{r['cpu_s']:.0f} s on {r['torch_threads']} torch threads; 1-min load {r['load_1m']:.1f} at its end"
               for r in rows]
@@ -187,18 +215,23 @@ def main() -> None:
         (run_hf if args.run == "hf" else run_lit)(args, hp)
         return
     run_dir = Path(args.run_dir or f"runs/benchmarks/conll2003-{datetime.now():%Y%m%d-%H%M%S}")
-    rows = [run_child(str(SCRIPT), system, SYSTEMS[system], run_dir) for system in args.systems]
-    by_system = {row["system"]: row for row in rows}
+    if args.seeds:
+        rows = [run_child(str(SCRIPT), system, f"{SYSTEMS[system]}, seed {seed}", run_dir / f"seed{seed}",
+                          "--seed", str(seed)) for seed in args.seeds for system in args.systems]
+    else:
+        rows = [run_child(str(SCRIPT), system, SYSTEMS[system], run_dir) for system in args.systems]
+    summary = seed_summary(rows)
     ratios = {}
-    if "hf" in by_system:
-        hf = by_system["hf"]
+    if "hf" in summary:
+        hf = summary["hf"]
         for system in ("lit", "lit_crf"):
-            if system in by_system:
-                ratios[f"test F1 {system} - HF"] = by_system[system]["test_f1"] - hf["test_f1"]
-                ratios[f"samples/s {system}/HF"] = by_system[system]["samples_per_s"] / hf["samples_per_s"]
-                ratios[f"peak RSS {system}/HF"] = by_system[system]["peak_rss_mib"] / hf["peak_rss_mib"]
-    report = new_report(SCRIPT, recipe=hp,
-                  data=str(DATA), run_dir=str(run_dir), results=rows, ratios=ratios)
+            if system in summary:
+                ratios[f"test F1 {system} - HF (mean over seeds)"] = summary[system]["test_f1_mean"] - hf["test_f1_mean"]
+                ratios[f"dev F1 {system} - HF (mean over seeds)"] = summary[system]["dev_f1_mean"] - hf["dev_f1_mean"]
+                ratios[f"samples/s {system}/HF"] = summary[system]["samples_per_s_mean"] / hf["samples_per_s_mean"]
+                ratios[f"peak RSS {system}/HF"] = summary[system]["peak_rss_mib_mean"] / hf["peak_rss_mib_mean"]
+    report = new_report(SCRIPT, recipe=hp, seeds=args.seeds, data=str(DATA), run_dir=str(run_dir), results=rows,
+                        summary=summary, ratios=ratios)
     write_report(report, markdown(rows, report), args.output)
 
 

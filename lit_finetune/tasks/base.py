@@ -31,6 +31,7 @@ class TaskModule(pl.LightningModule):
         fused_adamw: bool = True,
         trust_remote_code: bool = False,
         tokenizer_name_or_path: str | None = None,
+        config_overrides: dict | None = None,
     ):
         """
         Args:
@@ -46,6 +47,8 @@ class TaskModule(pl.LightningModule):
             trust_remote_code: Allow model code from the hub to run (off unless you trust the repository).
             tokenizer_name_or_path: Tokenizer folder or hub id when it is not the model's own, e.g. one trained by
                 `lit-finetune tokenizer` for a ``small:bert`` model pretrained from scratch.
+            config_overrides: Settings of the backbone's Hugging Face config, e.g. ``{num_hidden_layers: 2}`` for a
+                student that keeps the bottom 2 pretrained layers, or ``{hidden_dropout_prob: 0.2}``.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -61,6 +64,8 @@ class TaskModule(pl.LightningModule):
         """`model_class` over this module's backbone (or another one), with its weights unless a checkpoint is
         about to supply them."""
         h = self.hparams
+        if not model_name_or_path:  # config_overrides are this module's backbone's, not a helper model's
+            config_overrides = {**(h.config_overrides or {}), **config_overrides}
         return backbones.load_model(model_name_or_path or h.model_name_or_path, model_class, h.trust_remote_code,
                                     pretrained=self.pretrained_weights, tokenizer_name_or_path=h.tokenizer_name_or_path,
                                     **config_overrides)

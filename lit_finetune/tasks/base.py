@@ -3,18 +3,36 @@
 from __future__ import annotations
 
 import importlib
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from transformers import PreTrainedModel
 
 from lit_finetune import backbones
 from lit_finetune.errors import ConfigError
 from lit_finetune.training.export import atomic_directory
+from lit_finetune.training.layers import parameter_counts
+from lit_finetune.training.lora import LoraSettings, apply_lora, is_lora, merged_copy, save_adapter
 from lit_finetune.training.optim import Schedule, build_scheduler, param_groups
 
 TASK_KEY = "lit_finetune_task"  # checkpoint entry naming the task class, so `export` needs no config
+
+
+def lora_settings(lora: LoraSettings | dict | None) -> dict | None:
+    """`model.lora` as a dict of LoraSettings fields (the CLI may hand over either form).
+
+    Raises: ConfigError for a key LoraSettings does not have.
+    """
+    if lora is None or isinstance(lora, LoraSettings):
+        return asdict(lora) if lora is not None else None
+    unknown = set(lora) - {f.name for f in fields(LoraSettings)}
+    if unknown:
+        raise ConfigError(f"model.lora: unknown keys {sorted(unknown)}; expected some of "
+                          f"{[f.name for f in fields(LoraSettings)]}")
+    return asdict(LoraSettings(**lora))
 
 
 class TaskModule(pl.LightningModule):
@@ -27,11 +45,15 @@ class TaskModule(pl.LightningModule):
         weight_decay: float = 0.01,
         warmup: float = 0.06,
         lr_scheduler: Schedule = "linear",
+        layer_lr_decay: float = 1.0,
+        lr_cycles: int = 1,
+        min_lr_ratio: float = 0.1,
         adam_epsilon: float = 1e-8,
         fused_adamw: bool = True,
         trust_remote_code: bool = False,
         tokenizer_name_or_path: str | None = None,
         config_overrides: dict | None = None,
+        lora: LoraSettings | None = None,
     ):
         """
         Args:
@@ -40,7 +62,13 @@ class TaskModule(pl.LightningModule):
             learning_rate: Peak learning rate of AdamW, reached after warmup.
             weight_decay: AdamW weight decay; never applied to biases and LayerNorm weights.
             warmup: Linear warmup, as a fraction of all training steps (< 1) or a number of steps (>= 1).
-            lr_scheduler: Decay after warmup, sized from the Trainer's estimated total steps.
+            lr_scheduler: Schedule, sized from the Trainer's estimated total steps: linear, cosine or
+                constant_with_warmup after warmup; cosine_with_restarts (``lr_cycles`` cosines); one_cycle (rise for
+                the warmup, then anneal); cyclic (triangular, ``lr_cycles`` cycles from ``min_lr_ratio`` x peak).
+            layer_lr_decay: Layer-wise learning-rate decay: the head trains at ``learning_rate``, each Transformer
+                layer below it at ``layer_lr_decay`` times the one above, the embeddings lowest (1 = off).
+            lr_cycles: Cycles of the cosine_with_restarts and cyclic schedules.
+            min_lr_ratio: Lowest learning rate of the cyclic schedule, as a fraction of the peak.
             adam_epsilon: AdamW epsilon.
             fused_adamw: Use PyTorch's fused AdamW kernel (faster on CPU and GPU); not with gradient clipping
                 under mixed precision, where Lightning unscales gradients itself.
@@ -49,8 +77,16 @@ class TaskModule(pl.LightningModule):
                 `lit-finetune tokenizer` for a ``small:bert`` model pretrained from scratch.
             config_overrides: Settings of the backbone's Hugging Face config, e.g. ``{num_hidden_layers: 2}`` for a
                 student that keeps the bottom 2 pretrained layers, or ``{hidden_dropout_prob: 0.2}``.
+            lora: Train low-rank adapters (peft) and the task head instead of every weight, e.g.
+                ``{r: 8, alpha: 16, target_modules: [query, value]}``; the export holds the merged model (no peft
+                needed to load it) and the adapter alone in ``adapter/``.
         """
         super().__init__()
+        if not 0 < layer_lr_decay <= 1:
+            raise ConfigError(f"model.layer_lr_decay: expected a factor in (0, 1], got {layer_lr_decay}")
+        if lr_cycles < 1:
+            raise ConfigError(f"model.lr_cycles: expected a positive number of cycles, got {lr_cycles}")
+        lora = lora_settings(lora)  # kept as a plain dict: checkpoints, hparams.yaml and W&B all take one
         self.save_hyperparameters()
         self.model: PreTrainedModel | None = None
         self.tokenizer = None
@@ -81,6 +117,8 @@ class TaskModule(pl.LightningModule):
         h = self.hparams
         self.tokenizer = backbones.load_tokenizer(h.model_name_or_path, h.trust_remote_code, h.tokenizer_name_or_path)
         self.model = self.build_model()
+        if h.lora is not None:  # before any checkpoint loads: its keys are the wrapped model's
+            self.model = apply_lora(self.model, LoraSettings(**h.lora))
         # from_pretrained returns eval mode, and Lightning keeps submodules' modes: without this, dropout stays off.
         self.model.train()
 
@@ -113,10 +151,22 @@ class TaskModule(pl.LightningModule):
         clipped_amp = "mixed" in str(self.trainer.precision) and bool(self.trainer.gradient_clip_val)
         fused = h.fused_adamw and self.device.type in ("cpu", "cuda") and not clipped_amp
         # Every trainable parameter of the task module: the model, and any extra part (e.g. ELECTRA's generator).
-        optimizer = torch.optim.AdamW(param_groups(self, h.weight_decay), lr=h.learning_rate,
-                                      eps=h.adam_epsilon, fused=fused)
-        scheduler = build_scheduler(optimizer, h.lr_scheduler, h.warmup, self.trainer.estimated_stepping_batches)
+        groups = param_groups(self, h.weight_decay, h.learning_rate, h.layer_lr_decay, self.model)
+        optimizer = torch.optim.AdamW(groups, lr=h.learning_rate, eps=h.adam_epsilon, fused=fused)
+        scheduler = build_scheduler(optimizer, h.lr_scheduler, h.warmup, self.trainer.estimated_stepping_batches,
+                                    h.lr_cycles, h.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_fit_start(self) -> None:
+        self.log_parameter_counts()
+
+    def log_parameter_counts(self) -> None:
+        """Print and log (``params/trainable``, ``params/total``) how much of the model trains: freezing, gradual
+        unfreezing and LoRA change it."""
+        trainable, total = parameter_counts(self)
+        rank_zero_info(f"Trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
+        for logger in self.loggers:
+            logger.log_metrics({"params/trainable": trainable, "params/total": total}, step=self.global_step)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[TASK_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
@@ -125,9 +175,14 @@ class TaskModule(pl.LightningModule):
         self.configure_model()  # `load_from_checkpoint` never calls it, and the weights need somewhere to go
 
     def export(self, output_dir: str | Path) -> Path:
-        """Write a Hugging Face folder (model + tokenizer) that `from_pretrained` and `pipeline` load."""
+        """Write a Hugging Face folder (model + tokenizer) that `from_pretrained` and `pipeline` load; with LoRA, the
+        adapters merged in, and the adapter alone in ``adapter/``."""
         with atomic_directory(output_dir) as tmp:
-            self.model.save_pretrained(tmp)
+            if is_lora(self.model):
+                merged_copy(self.model).save_pretrained(tmp)
+                save_adapter(self.model, tmp / "adapter")
+            else:
+                self.model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
             self.write_export_extras(tmp)
         return Path(output_dir)

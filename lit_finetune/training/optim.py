@@ -6,20 +6,57 @@ import math
 from typing import Literal
 
 import torch
+from torch.optim.lr_scheduler import CyclicLR, LambdaLR, OneCycleLR
 from transformers import get_scheduler
 
-Schedule = Literal["linear", "cosine", "constant_with_warmup"]
+from lit_finetune.errors import ConfigError
+from lit_finetune.training.layers import layer_groups
+
+Schedule = Literal["linear", "cosine", "cosine_with_restarts", "constant_with_warmup", "one_cycle", "cyclic"]
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Decay weight matrices only: biases and LayerNorm weights (all 1-d parameters) are left undecayed."""
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (decay if param.ndim >= 2 else no_decay).append(param)
-    # Names show up in LearningRateMonitor's keys: lr-AdamW/decay, lr-AdamW/no_decay.
-    return [{"params": decay, "weight_decay": weight_decay, "name": "decay"},
-            {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+def decay_split(params, weight_decay: float, lr: float | None = None, prefix: str = "") -> list[dict]:
+    """Trainable `params` as AdamW groups: weight matrices decayed, biases and LayerNorm weights (1-d) not.
+
+    Group names show up in LearningRateMonitor's keys (lr-AdamW/decay, lr-AdamW/layer.3/no_decay); empty groups are
+    left out.
+    """
+    trainable = [p for p in params if p.requires_grad]
+    groups = []
+    for kind, selected, decay in (("decay", [p for p in trainable if p.ndim >= 2], weight_decay),
+                                  ("no_decay", [p for p in trainable if p.ndim < 2], 0.0)):
+        if selected:
+            groups.append({"params": selected, "weight_decay": decay, "name": prefix + kind,
+                           **({"lr": lr} if lr is not None else {})})
+    return groups
+
+
+def layer_lr(learning_rate: float, layer_lr_decay: float, depth: int) -> float:
+    """Layer-wise learning-rate decay: the head gets `learning_rate`, each layer below it `layer_lr_decay` times the
+    one above, the embeddings the least."""
+    return learning_rate * layer_lr_decay ** depth
+
+
+def param_groups(module: torch.nn.Module, weight_decay: float, learning_rate: float | None = None,
+                 layer_lr_decay: float = 1.0, model: torch.nn.Module | None = None) -> list[dict]:
+    """AdamW groups for every trainable parameter of `module` (the task module: its Hugging Face model and any extra
+    part, e.g. ELECTRA's generator).
+
+    With `layer_lr_decay` < 1, `model`'s layer groups (see training.layers) each get their own learning rate; parts
+    of `module` outside `model` count as head.
+    Raises: ConfigError when nothing is trainable.
+    """
+    if layer_lr_decay == 1.0:
+        groups = decay_split(module.parameters(), weight_decay)
+    else:
+        layers = layer_groups(model)
+        in_layers = {id(p) for layer in layers for p in layer.params}
+        layers[-1].params += [p for p in module.parameters() if id(p) not in in_layers]
+        groups = [group for layer in layers for group in decay_split(
+            layer.params, weight_decay, layer_lr(learning_rate, layer_lr_decay, layer.depth), f"{layer.name}/")]
+    if not groups:
+        raise ConfigError("model: no parameter is trainable (every layer is frozen); unfreeze at least the head")
+    return groups
 
 
 def warmup_steps(warmup: float, total_steps: int) -> int:
@@ -28,7 +65,60 @@ def warmup_steps(warmup: float, total_steps: int) -> int:
     return math.ceil(warmup * total_steps) if warmup < 1 else int(warmup)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, name: Schedule, warmup: float, total_steps: int):
-    """A per-step LambdaLR; its state (the step count) is checkpointed, so resuming continues the same curve."""
-    return get_scheduler(name, optimizer, num_warmup_steps=warmup_steps(warmup, total_steps),
-                         num_training_steps=total_steps)
+def build_scheduler(optimizer: torch.optim.Optimizer, name: Schedule, warmup: float, total_steps: int,
+                    cycles: int = 1, min_lr_ratio: float = 0.1):
+    """A per-step schedule sized from the run's total steps; its state is checkpointed, so a resumed run continues the
+    same curve. Each group's peak is its own ``lr`` (layer-wise rates keep their ratios).
+
+    - linear, cosine, constant_with_warmup: linear warmup, then the decay (transformers' schedules);
+    - cosine_with_restarts: warmup, then `cycles` cosine decays, each restarting at the peak;
+    - one_cycle: rise for the warmup (a cosine ramp from peak/25), then a cosine anneal to peak/1e4 (OneCycleLR);
+    - cyclic: triangular cycles between ``min_lr_ratio`` x peak and the peak, `cycles` of them over the run
+      (CyclicLR; no separate warmup: each cycle starts low).
+    """
+    warmup_count = warmup_steps(warmup, total_steps)
+    if name == "one_cycle":
+        rise = min(max(warmup_count, 1) / total_steps, 0.5)  # OneCycleLR needs a rise of at least one step
+        return OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total_steps,
+                          pct_start=rise, cycle_momentum=False)
+    if name == "cyclic":
+        peaks = [g["lr"] for g in optimizer.param_groups]
+        half_cycle = max(total_steps // (2 * cycles), 1)
+        return CyclicLR(optimizer, base_lr=[p * min_lr_ratio for p in peaks], max_lr=peaks,
+                        step_size_up=half_cycle, mode="triangular", cycle_momentum=False)
+    extra = {"num_cycles": cycles} if name == "cosine_with_restarts" else {}
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup_count, num_training_steps=total_steps,
+                         scheduler_specific_kwargs=extra)
+
+
+def add_param_groups(optimizer: torch.optim.Optimizer, schedulers: list, groups: list[dict]) -> None:
+    """Add `groups` (each with its peak ``lr``) to a running optimizer so that its schedulers drive them as they
+    drive the first group: same point on the curve now, same shape afterwards."""
+    first = optimizer.param_groups[0]
+    for group in groups:
+        peak = group["lr"]
+        for scheduler in schedulers:
+            if isinstance(scheduler, OneCycleLR):
+                scale = peak / first["max_lr"]
+                group.update(max_lr=peak, initial_lr=first["initial_lr"] * scale, min_lr=first["min_lr"] * scale,
+                             lr=first["lr"] * scale)
+            elif isinstance(scheduler, CyclicLR):
+                low, high = scheduler.base_lrs[0], scheduler.max_lrs[0]
+                base = peak * low / high
+                scheduler.base_lrs.append(base)
+                scheduler.max_lrs.append(peak)
+                group.update(initial_lr=base, lr=base + (peak - base) * (first["lr"] - low) / (high - low))
+            elif isinstance(scheduler, LambdaLR):
+                scheduler.base_lrs.append(peak)
+                scheduler.lr_lambdas.append(scheduler.lr_lambdas[0])
+                group.update(initial_lr=peak, lr=peak * scheduler.lr_lambdas[0](scheduler.last_epoch))
+        optimizer.add_param_group(group)
+
+
+def sync_schedulers(optimizer: torch.optim.Optimizer, schedulers: list) -> None:
+    """After a resume that restored groups added mid-run: a LambdaLR's functions are not checkpointed, so give the
+    restored groups the first group's function again."""
+    for scheduler in schedulers:
+        if isinstance(scheduler, LambdaLR):
+            missing = len(optimizer.param_groups) - len(scheduler.lr_lambdas)
+            scheduler.lr_lambdas += [scheduler.lr_lambdas[0]] * missing

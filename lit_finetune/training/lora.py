@@ -1,0 +1,161 @@
+"""LoRA through peft: its settings, wrapping a task's Hugging Face model, and the two exports (the adapter alone, or
+a plain model with the adapter merged in)."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.tuners_utils import check_target_module_exists
+from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+from torch import nn
+from transformers import Conv1D, PreTrainedModel
+
+from lit_finetune.errors import ConfigError
+from lit_finetune.training.layers import head_module_names
+
+KEY = "model.lora"
+# Layers peft's LoRA can wrap (in text models); a pattern that reaches none of them would fail inside peft.
+ADAPTABLE = (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d, Conv1D)
+ALL_LINEAR = "all-linear"  # peft's shorthand: every linear layer but the output layer
+
+
+@dataclass
+class LoraSettings:
+    """Low-rank adaptation instead of full fine-tuning: the pretrained weights stay frozen, a small rank-`r` update
+    is trained beside each targeted layer, and the task head is trained in full.
+
+    Args:
+        r: Rank of each update (its size grows linearly with it).
+        alpha: Scale of the updates: they are multiplied by alpha / r (alpha / sqrt(r) with use_rslora).
+        dropout: Dropout on the input of each update, during training.
+        target_modules: Layers to adapt. A list matches whole module names or their dot-separated endings
+            ([query, value] adapts bert.encoder.layer.0.attention.self.query, ...); a string is a regular expression
+            that must match the whole dotted name (".*attention.*(query|value)"); "all-linear" is every linear layer
+            but the output layer; null is peft's default for the model type (BERT: query, value; GPT-2: c_attn;
+            T5: q, v; Llama: q_proj, v_proj).
+        bias: Biases trained as well: none, all of the model's, or those of the adapted layers only.
+        use_rslora: Rank-stabilized LoRA: scale by alpha / sqrt(r), so that large ranks learn as fast as small ones.
+        modules_to_save: Modules trained in full and saved with the adapter. Null: the task head (classifier, score,
+            qa_outputs, ...), but not a language model's output layer, which stays pretrained ([lm_head] trains it
+            too, at the cost of a vocabulary-sized copy); [] trains no head.
+    """
+
+    # The docs are in the class docstring, not under each field: jsonargparse reads those without extra settings.
+    r: int = 8
+    alpha: float = 16
+    dropout: float = 0.1
+    target_modules: list[str] | str | None = None
+    bias: Literal["none", "all", "lora_only"] = "none"
+    use_rslora: bool = False
+    modules_to_save: list[str] | None = None
+
+
+def is_lora(model: nn.Module) -> bool:
+    """Whether `model` is already wrapped by peft (its trainable weights are adapters)."""
+    return isinstance(model, PeftModel)
+
+
+def apply_lora(model: PreTrainedModel, settings: LoraSettings) -> PeftModel:
+    """Wrap `model` (in place, as peft does) so that only the LoRA updates and the head train; a model that is
+    already wrapped is returned as it is.
+
+    No peft `task_type` is passed: the head comes from `modules_to_save` alone (one rule for every task), and the
+    plain `PeftModel` forwards every argument to the Hugging Face model, `generate` included.
+    Raises: ConfigError when a target pattern or a module to save matches nothing in the model, or when peft has
+    no default targets for the model type.
+    """
+    if is_lora(model):
+        return model
+    head = task_head(model) if settings.modules_to_save is None else list(settings.modules_to_save)
+    targets = settings.target_modules if settings.target_modules is not None else default_targets(model)
+    adapted = adapted_modules(model, targets, head)
+    check_modules_to_save(model, head)
+    config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                        target_modules=targets, bias=settings.bias, use_rslora=settings.use_rslora,
+                        modules_to_save=head or None,
+                        # GPT-2's layers store their weights transposed; peft fixes a wrong guess with a warning
+                        fan_in_fan_out=any(isinstance(module, Conv1D) for module in adapted))
+    with warnings.catch_warnings():  # peft asks transformers 5 for a renamed property: noise the user cannot act on
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+        return get_peft_model(model, config)
+
+
+def task_head(model: PreTrainedModel) -> list[str]:
+    """Top-level modules that hold only head weights, less a language model's output layer."""
+    output_layer = model.get_output_embeddings()
+    return [name for name in head_module_names(model) if getattr(model, name) is not output_layer]
+
+
+def default_targets(model: PreTrainedModel) -> list[str] | str:
+    """peft's default target modules for the model type."""
+    model_type = model.config.model_type
+    targets = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type)
+    if targets is None:
+        raise ConfigError(f"{KEY}.target_modules: peft has no default for model type {model_type!r}; name the "
+                          f"layers to adapt (or use {ALL_LINEAR}); its adaptable layers are named: "
+                          f"{', '.join(adaptable_names(model, []))}")
+    return targets
+
+
+def adaptable_names(model: nn.Module, head: list[str]) -> list[str]:
+    """Distinct last names of the layers LoRA could adapt outside the head (query, value, dense, ...)."""
+    return sorted({name.rpartition(".")[2] for name, module in model.named_modules()
+                   if isinstance(module, ADAPTABLE) and name.partition(".")[0] not in head})
+
+
+def adapted_modules(model: nn.Module, targets: list[str] | str, head: list[str]) -> list[nn.Module]:
+    """The layers `targets` select, matched by peft's own rule (modules of the head are never targets).
+
+    Raises: ConfigError naming each pattern that selects no layer LoRA can adapt, with the names there are.
+    """
+    layers = [(name, module) for name, module in model.named_modules() if isinstance(module, ADAPTABLE)]
+    if isinstance(targets, str) and targets.lower() == ALL_LINEAR:
+        return [module for _, module in layers]
+    patterns = [targets] if isinstance(targets, str) else list(targets)
+    selected: dict[str, list[nn.Module]] = {}
+    for pattern in patterns:
+        config = LoraConfig(target_modules=pattern if isinstance(targets, str) else [pattern],
+                            modules_to_save=head or None)
+        selected[pattern] = [module for name, module in layers if check_target_module_exists(config, name)]
+    unmatched = [pattern for pattern, modules in selected.items() if not modules]
+    if unmatched or not patterns:
+        how = ("a string is a regular expression for the whole dotted module name, e.g. '.*\\.(query|value)'"
+               if isinstance(targets, str) else "each entry matches a module name or its dot-separated ending")
+        trained_in_full = f" ({', '.join(head)}: trained in full)" if head else ""
+        what = ", ".join(map(repr, unmatched)) or "an empty list"
+        raise ConfigError(f"{KEY}.target_modules: {what} matched no layer of {type(model).__name__} that LoRA can "
+                          f"adapt ({how}); the adaptable layers outside the head{trained_in_full} are named: "
+                          f"{', '.join(adaptable_names(model, head))}")
+    return [module for modules in selected.values() for module in modules]
+
+
+def check_modules_to_save(model: nn.Module, names: list[str]) -> None:
+    """ConfigError for a module to save that names no module (peft would go on without it, leaving it frozen)."""
+    keys = [key for key, _ in model.named_modules()]
+    unmatched = [name for name in names if not any(key.endswith(name) for key in keys)]  # peft's rule for these
+    if unmatched:
+        raise ConfigError(f"{KEY}.modules_to_save: {', '.join(map(repr, unmatched))} named no module of "
+                          f"{type(model).__name__}; its top-level modules are: "
+                          f"{', '.join(name for name, _ in model.named_children())}")
+
+
+def save_adapter(peft_model: PeftModel, folder: str | Path) -> Path:
+    """Write the adapter alone (adapter_config.json, adapter_model.safetensors with the LoRA weights and the saved
+    head) into `folder`, for `PeftModel.from_pretrained(base_model, folder)`; callers wanting an atomic write pass
+    a folder of `atomic_directory`."""
+    peft_model.save_pretrained(folder)
+    return Path(folder)
+
+
+def merged_copy(peft_model: PeftModel) -> PreTrainedModel:
+    """A plain Hugging Face model with the LoRA updates merged into its weights and the trained head in place, which
+    `save_pretrained` writes as any model (loadable without peft); the training model is left as it is.
+
+    The copy is made first, so exporting needs room for a second model on the same device.
+    """
+    return copy.deepcopy(peft_model).merge_and_unload()

@@ -8,6 +8,7 @@ import torchmetrics
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
 from lit_finetune.tasks.base import LabeledTaskModule
+from lit_finetune.tasks.distillation import DistillationMixin
 
 SPLITS = ("train", "val", "test")
 
@@ -27,19 +28,26 @@ def split_metrics(num_labels: int) -> torchmetrics.MetricCollection:
     return torchmetrics.MetricCollection(metrics)
 
 
-class SequenceClassificationModule(LabeledTaskModule):
+class SequenceClassificationModule(DistillationMixin, LabeledTaskModule):
     """Fine-tunes ``AutoModelForSequenceClassification``; logs ``train/loss``, ``val/acc``, ``val/f1``, ...
 
-    Features: label smoothing; MSE regression; one torchmetrics collection per split, plus the best validation value
-    so far (``val/acc_best`` or ``val/spearman_best``); predictions with class probabilities.
-    Raises: ConfigError when a checkpoint's labels differ from the data's.
+    Features: label smoothing; MSE regression; knowledge distillation from a teacher (see tasks/distillation.py);
+    one torchmetrics collection per split, plus the best validation value so far (``val/acc_best`` or
+    ``val/spearman_best``); predictions with class probabilities.
+    Raises: ConfigError when a checkpoint's labels differ from the data's, or the teacher does not fit the student.
     """
+
+    auto_class = AutoModelForSequenceClassification
 
     def __init__(
         self,
         model_name_or_path: str = "minilm",
         label_smoothing: float = 0.0,
         classifier_dropout: float | None = None,
+        teacher: str | None = None,
+        distill_alpha: float = 0.5,
+        distill_temperature: float = 2.0,
+        hidden_distill_weight: float = 0.0,
         **kwargs,
     ):
         """
@@ -47,6 +55,13 @@ class SequenceClassificationModule(LabeledTaskModule):
             model_name_or_path: Backbone to fine-tune (see TaskModule).
             label_smoothing: Cross-entropy label smoothing (0 = off).
             classifier_dropout: Dropout before the classification head; the backbone's dropout when unset.
+            teacher: Distill from this fine-tuned classifier of the same labels and vocabulary: an exported folder
+                (a run's export/), a hub id or a lit_finetune .ckpt. Used in training only; never saved with the
+                student.
+            distill_alpha: Weight of the task loss; the teacher's soft-label loss gets 1 - alpha.
+            distill_temperature: Softens both models' class distributions before their KL (scaled back by T^2).
+            hidden_distill_weight: Weight of an MSE between the student's last hidden states, through a trained
+                projection, and the teacher's (0 = off).
         """
         super().__init__(model_name_or_path=model_name_or_path, **kwargs)
 
@@ -68,7 +83,7 @@ class SequenceClassificationModule(LabeledTaskModule):
         for split in SPLITS:  # one collection per split: train_metrics, val_metrics, test_metrics
             setattr(self, f"{split}_metrics", split_metrics(self.num_labels).clone(prefix=f"{split}/"))
         self.best = torchmetrics.MaxMetric()  # both accuracy and Spearman: higher is better
-        return self.load_backbone(AutoModelForSequenceClassification, **overrides)
+        return self.load_backbone(self.auto_class, **overrides)
 
     def forward(self, batch: dict) -> torch.Tensor:
         return self.model(**self.model_inputs(batch)).logits
@@ -82,8 +97,9 @@ class SequenceClassificationModule(LabeledTaskModule):
         return logits.squeeze(-1) if self.is_regression else logits.argmax(-1)
 
     def shared_step(self, batch: dict, split: str) -> torch.Tensor:
-        logits = self(batch)
-        loss = self.loss(logits, batch["labels"])
+        outputs = self.student_outputs(batch, split)
+        logits = outputs.logits
+        loss = self.with_distillation(self.loss(logits, batch["labels"]), outputs, batch, split)
         getattr(self, f"{split}_metrics").update(self.predictions(logits.detach()), batch["labels"])
         self.log_loss(split, loss, len(batch["labels"]))
         return loss

@@ -15,6 +15,7 @@ from lit_finetune.data.tag_schemes import OUTSIDE, TagScheme
 from lit_finetune.errors import ConfigError
 from lit_finetune.tasks.base import LabeledTaskModule
 from lit_finetune.tasks.crf import CRF
+from lit_finetune.tasks.distillation import DistillationMixin
 
 SEQEVAL_SCHEMES = {"IOB1": seqeval_schemes.IOB1, "IOB2": seqeval_schemes.IOB2, "BIOES": seqeval_schemes.IOBES}
 CRF_FILE = "crf.safetensors"  # the CRF's scores beside an export (transformers' pipeline ignores the file)
@@ -42,16 +43,19 @@ def entity_scores(gold: list[list[str]], predicted: list[list[str]], scheme: Tag
     return scores
 
 
-class TokenClassificationModule(LabeledTaskModule):
+class TokenClassificationModule(DistillationMixin, LabeledTaskModule):
     """Fine-tunes ``AutoModelForTokenClassification``; logs ``val/f1``, ``val/precision``, ``val/recall`` and
     ``val/f1_<TYPE>`` at the entity level (never token accuracy), and ``val/f1_best``.
 
     Features: optional CRF over the words with decoding constrained by the data's tag scheme; first-sub-token or
     all-sub-token training labels (set in the data module); conlleval or strict entity matching; predictions as
     tags per word (a CoNLL file with ``PredictionWriter(format=conll)``); export that
-    ``pipeline("token-classification")`` loads (the CRF's scores are saved beside it in crf.safetensors).
-    Raises: ConfigError when a checkpoint's tags differ from the data's.
+    ``pipeline("token-classification")`` loads (the CRF's scores are saved beside it in crf.safetensors);
+    knowledge distillation from a teacher's per-token predictions (see tasks/distillation.py).
+    Raises: ConfigError when a checkpoint's tags differ from the data's, or the teacher does not fit the student.
     """
+
+    auto_class = AutoModelForTokenClassification
 
     def __init__(
         self,
@@ -59,6 +63,10 @@ class TokenClassificationModule(LabeledTaskModule):
         use_crf: bool = False,
         strict_metrics: bool = False,
         classifier_dropout: float | None = None,
+        teacher: str | None = None,
+        distill_alpha: float = 0.5,
+        distill_temperature: float = 2.0,
+        hidden_distill_weight: float = 0.0,
         **kwargs,
     ):
         """
@@ -69,6 +77,14 @@ class TokenClassificationModule(LabeledTaskModule):
             strict_metrics: Count an entity only when its span and type match exactly under the tag scheme
                 (seqeval's strict mode); default is conlleval's matching, the one papers report.
             classifier_dropout: Dropout before the tagging head; the backbone's dropout when unset.
+            teacher: Distill from this fine-tuned tagger of the same tags and vocabulary: an exported folder (a
+                run's export/), a hub id or a lit_finetune .ckpt. Used in training only; never saved with the
+                student. With a CRF, on either side, the emissions are the logits that are distilled.
+            distill_alpha: Weight of the task loss; the teacher's soft-label loss gets 1 - alpha.
+            distill_temperature: Softens both models' tag distributions before their KL, averaged over the
+                labelled tokens (scaled back by T^2).
+            hidden_distill_weight: Weight of an MSE between the student's last hidden states, through a trained
+                projection, and the teacher's (0 = off).
         """
         super().__init__(model_name_or_path=model_name_or_path, **kwargs)
         self.tag_scheme: TagScheme | None = None
@@ -86,7 +102,7 @@ class TokenClassificationModule(LabeledTaskModule):
         overrides = self.label_overrides()
         if self.hparams.classifier_dropout is not None:
             overrides["classifier_dropout"] = self.hparams.classifier_dropout
-        return self.load_backbone(AutoModelForTokenClassification, **overrides)
+        return self.load_backbone(self.auto_class, **overrides)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
@@ -127,8 +143,10 @@ class TokenClassificationModule(LabeledTaskModule):
                 for labels, starts in zip(batch["labels"], batch["word_starts"])]
 
     def shared_step(self, batch: dict, split: str) -> torch.Tensor:
-        emissions = self(batch)
-        loss = self.loss(emissions, batch)
+        outputs = self.student_outputs(batch, split)
+        emissions = outputs.logits
+        loss = self.with_distillation(self.loss(emissions, batch), outputs, batch, split,
+                                      positions=batch["labels"] != -100)
         self.log_loss(split, loss, len(batch["input_ids"]))
         if split != "train":
             gold, predicted = self.sequences.setdefault(split, ([], []))

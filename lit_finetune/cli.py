@@ -22,6 +22,7 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from lit_finetune.data.tokenizer_training import train_tokenizer
+from lit_finetune.deploy import deploy
 from lit_finetune.errors import ConfigError, LitFinetuneError
 from lit_finetune.tasks import TaskModule
 from lit_finetune.training.callbacks import ExportBestModel, StopOnRequest
@@ -30,7 +31,7 @@ from lit_finetune.training.export import export_checkpoint
 # Key names that hold credentials (api_key, hub_token, client_secret, ...), not knobs like max_tokens.
 SECRET_KEY = re.compile(r"(^|_)(api_?key|token|secret|password|passwd)$", re.IGNORECASE)
 # Function commands; `compare` and `sweep` take positional paths and have their own parsers (see main).
-EXTRA_COMMANDS = {"export": export_checkpoint, "tokenizer": train_tokenizer}
+EXTRA_COMMANDS = {"export": export_checkpoint, "tokenizer": train_tokenizer, "deploy": deploy}
 
 
 def wandb_has_credentials() -> bool:

@@ -52,7 +52,8 @@ class Run:
         points = {}
         for row in self.history:
             if row.get(metric):
-                points[row.get("step")] = (int(row["epoch"]), int(row.get("step") or 0), float(row[metric]))
+                epoch = int(row["epoch"]) if row.get("epoch") else None  # loggers' direct writes carry none
+                points[row.get("step")] = (epoch, int(row.get("step") or 0), float(row[metric]))
         return list(points.values())
 
     @classmethod
@@ -72,16 +73,36 @@ def varied_keys(runs: list[Run]) -> list[str]:
     return [k for k in keys if len({json.dumps(run.config.get(k), default=str) for run in runs}) > 1]
 
 
+def callbacks(run: Run) -> list[str]:
+    """The run's callbacks as ``Class(arg=value, ...)``."""
+    return [f"{cb['class_path'].rpartition('.')[2]}("
+            + ", ".join(f"{k}={v}" for k, v in (cb.get("init_args") or {}).items()) + ")"
+            for cb in run.config.get("trainer.callbacks") or [] if isinstance(cb, dict) and "class_path" in cb]
+
+
+# Columns shown when some run logged them: their last value.
+LOGGED_COLUMNS = {"params/trainable": "trainable params", "perf/peak_rss_mb": "peak RSS MB",
+                  "perf/samples_per_s": "samples/s"}
+
+
 def summarize(runs: list[Run], metric: str, goal: str) -> list[dict]:
-    """One row per run: name, varied hyperparameters, best and last metric, epoch of the best, wall time, status."""
+    """One row per run: name, varied hyperparameters and callbacks (e.g. a fine-tuning strategy), best and last
+    metric, epoch of the best, trainable parameters, speed and memory when logged, wall time, status."""
     pick = max if goal == "maximize" else min
     varied = varied_keys(runs)
+    everywhere = set.intersection(*(set(callbacks(run)) for run in runs))
+    logged = [key for key in LOGGED_COLUMNS if any(run.curve(key) for run in runs)]
     rows = []
     for run in runs:
         curve = run.curve(metric)
         best_epoch, _, best = pick(curve, key=lambda point: point[2]) if curve else (None, None, None)
-        rows.append({"run": run.name, **{k: run.config.get(k) for k in varied}, f"best {metric}": best,
-                     f"last {metric}": curve[-1][2] if curve else None, "best epoch": best_epoch,
+        extra_callbacks = [cb for cb in callbacks(run) if cb not in everywhere]
+        rows.append({"run": run.name, **{k: run.config.get(k) for k in varied},
+                     **({"callbacks": "; ".join(extra_callbacks) or None} if len(everywhere) < max(
+                         len(callbacks(r)) for r in runs) else {}),
+                     f"best {metric}": best, f"last {metric}": curve[-1][2] if curve else None,
+                     "best epoch": best_epoch,
+                     **{LOGGED_COLUMNS[key]: (run.curve(key) or [(None, None, None)])[-1][2] for key in logged},
                      "wall s": run.record.get("wall_s"), "status": run.status})
     missing = float("-inf") if goal == "maximize" else float("inf")
     rows.sort(key=lambda row: row[f"best {metric}"] if row[f"best {metric}"] is not None else missing,

@@ -183,7 +183,7 @@ def check_parameters(spec: dict, base_args: list[str]) -> None:
         raise ConfigError(f"sweep: command: `lit-finetune fit {shlex.join(base_args)}` does not parse:\n    "
                           f"{first_lines(err)}") from None
     for key, param in spec["parameters"].items():
-        if key in ("trainer.default_root_dir", "ckpt_path", "config"):
+        if key in ("trainer.default_root_dir", "ckpt_path"):  # a `config` parameter is one more --config: allowed
             raise ConfigError(f"sweep: parameters.{key}: set by the sweep itself (each trial gets its own folder)")
         for value in candidate_values(param):
             try:

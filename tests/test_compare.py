@@ -50,3 +50,17 @@ def test_compare_command_runs(sweep_dir, tmp_path):
     result = run_cli("compare", str(sweep_dir / "trial-0"), str(sweep_dir / "trial-2"),
                      "--plot", str(tmp_path / "two.png"))
     assert "trial-0" in result.stdout and "trial-2" in result.stdout and (tmp_path / "two.png").is_file()
+
+
+def test_runs_that_differ_by_strategy_show_it(tmp_path, tiny_data):
+    """A freezing callback is no hyperparameter key: the table names it, with the trainable parameters."""
+    from helpers import REPO
+
+    for name, extra in (("full", ()), ("frozen", ("--config", str(REPO / "configs/strategies/feature_extraction.yaml")))):
+        LitFinetuneCLI(args=["fit", *tiny_args(tiny_data, tmp_path / "runs" / name, "--trainer.max_epochs=1", *extra)])
+    rows = {row["run"]: row for row in compare.main(["--sweep", str(tmp_path / "runs"),
+                                                     "--plot", str(tmp_path / "c.png")])}
+    assert rows["frozen"]["callbacks"] == "FreezeLayers(policy=feature_extraction, layers=0)"
+    assert rows["full"]["callbacks"] is None
+    assert rows["frozen"]["model.learning_rate"] == 1e-3 and rows["full"]["model.learning_rate"] == 3e-3
+    assert rows["frozen"]["trainable params"] < rows["full"]["trainable params"]

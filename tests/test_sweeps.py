@@ -34,7 +34,8 @@ def agent_argv(command: list, proposal: dict) -> list[str]:
 
 
 def test_the_sweeps_ship():
-    assert {p.stem for p in SWEEPS} >= {"sst2_grid", "sst2_bayes", "sst2_finetuning_choices", "pretrain_objectives"}
+    assert {p.stem for p in SWEEPS} >= {"sst2_grid", "sst2_bayes", "sst2_finetuning_choices", "pretrain_objectives",
+                                        "strategies"}
 
 
 @pytest.fixture
@@ -59,6 +60,9 @@ def test_every_proposal_is_accepted_by_the_cli(sweep, tmp_path, request):
         assert argv[:2] == ["lit-finetune", "fit"], argv  # ${env} is the agent's /usr/bin/env prefix
         cli = LitFinetuneCLI(args=[*argv[2:], f"--trainer.default_root_dir={tmp_path / str(i)}"], run=False)
         for key, value in proposal.items():
+            if key == "config":  # a second --config: a strategy file composed with the task config
+                assert [str(c) for c in cli.config["config"]][-1] == value
+                continue
             group, _, name = key.partition(".")
             owner = {"model": cli.model.hparams, "data": cli.datamodule.hparams, "trainer": cli.config.trainer}
             actual = owner[group][name] if name else cli.config[key]  # e.g. seed_everything

@@ -8,7 +8,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 QUICKSTART_DIR ?= .quickstart
 
 .PHONY: setup quickstart test benchmark-sst2 benchmark-sweep benchmark-pretrain-objectives benchmark-conll2003 \
-  benchmark-squad benchmark-multi30k benchmark-glue-pairs clean
+  benchmark-squad benchmark-multi30k benchmark-glue-pairs benchmark-strategies clean
 
 setup: $(VENV)/.installed
 
@@ -72,6 +72,10 @@ benchmark-multi30k: setup
 
 benchmark-glue-pairs: setup
 	$(OFFLINE) WANDB_MODE=offline $(BIN)/python benchmarks/glue_pairs.py $(ARGS)
+
+# Fine-tuning strategies on SST-2 (sweeps/strategies.yaml, distillation, pruning, int8 / ONNX deploy).
+benchmark-strategies: setup
+	$(OFFLINE) WANDB_MODE=offline $(BIN)/python benchmarks/strategies.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(QUICKSTART_DIR) runs

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-from dataclasses import asdict, fields
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -15,24 +14,10 @@ from lit_finetune import backbones
 from lit_finetune.errors import ConfigError
 from lit_finetune.training.export import atomic_directory
 from lit_finetune.training.layers import parameter_counts
-from lit_finetune.training.lora import LoraSettings, apply_lora, is_lora, merged_copy, save_adapter
+from lit_finetune.training.lora import LoraSettings, apply_lora, is_lora, merged_copy, save_adapter, settings_dict
 from lit_finetune.training.optim import Schedule, build_scheduler, param_groups
 
 TASK_KEY = "lit_finetune_task"  # checkpoint entry naming the task class, so `export` needs no config
-
-
-def lora_settings(lora: LoraSettings | dict | None) -> dict | None:
-    """`model.lora` as a dict of LoraSettings fields (the CLI may hand over either form).
-
-    Raises: ConfigError for a key LoraSettings does not have.
-    """
-    if lora is None or isinstance(lora, LoraSettings):
-        return asdict(lora) if lora is not None else None
-    unknown = set(lora) - {f.name for f in fields(LoraSettings)}
-    if unknown:
-        raise ConfigError(f"model.lora: unknown keys {sorted(unknown)}; expected some of "
-                          f"{[f.name for f in fields(LoraSettings)]}")
-    return asdict(LoraSettings(**lora))
 
 
 class TaskModule(pl.LightningModule):
@@ -86,7 +71,7 @@ class TaskModule(pl.LightningModule):
             raise ConfigError(f"model.layer_lr_decay: expected a factor in (0, 1], got {layer_lr_decay}")
         if lr_cycles < 1:
             raise ConfigError(f"model.lr_cycles: expected a positive number of cycles, got {lr_cycles}")
-        lora = lora_settings(lora)  # kept as a plain dict: checkpoints, hparams.yaml and W&B all take one
+        lora = settings_dict(lora)  # kept as a plain dict: checkpoints, hparams.yaml and W&B all take one
         self.save_hyperparameters()
         self.model: PreTrainedModel | None = None
         self.tokenizer = None

@@ -272,3 +272,11 @@ def backbone_for(module):
     import copy
 
     return copy.deepcopy(module.model).unload()
+
+
+def test_unknown_lora_key_is_named():
+    from lit_finetune.training.lora import settings_dict
+
+    with pytest.raises(ConfigError, match=r"model.lora: unknown keys \['rank'\]; expected some of \['r', "):
+        settings_dict({"rank": 8})
+    assert settings_dict({"r": 4})["r"] == 4 and settings_dict(None) is None

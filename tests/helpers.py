@@ -116,14 +116,30 @@ def logged_values(run_dir: Path, key: str) -> list[float]:
     return [float(r[key]) for r in metrics_rows(run_dir) if r.get(key)]
 
 
-def wandb_records(run_dir: Path) -> list:
+def wandb_records(run_dir: Path, timeout_s: float = 60.0) -> list:
     """The records of a run's offline W&B file, as `wandb sync` will upload them (a LevelDB-style log of protobufs:
-    32 KiB blocks of chunks, each with a 7-byte header: crc32, length, type)."""
+    32 KiB blocks of chunks, each with a 7-byte header: crc32, length, type). `wandb.finish()` can return before
+    W&B's service has written the whole file on a busy machine, so this waits for the run's closing record."""
+    import time
+
+    path = next((run_dir / "wandb").glob("*run-*/run-*.wandb"))
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            records = parse_wandb_file(path.read_bytes())
+        except Exception:  # a record still being written
+            records = []
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.5)
+
+
+def parse_wandb_file(data: bytes) -> list:
+    """The protobuf records of a .wandb file's bytes."""
     import struct
 
     from wandb.proto import wandb_internal_pb2
 
-    data = next((run_dir / "wandb").glob("*run-*/run-*.wandb")).read_bytes()
     records, pos, pending = [], 7, b""  # the file opens with a 7-byte ":W&B" header
     while pos + 7 <= len(data):
         room = 32768 - pos % 32768

@@ -187,32 +187,20 @@ class Seq2SeqDataModule(SplitsDataModule):
         ds = ds.select_columns(list(columns)).rename_columns(columns)
         return ds.add_column("example_id", [str(i) for i in ids])
 
+    def read_local(self, split: str, path: str) -> datasets.Dataset:
+        """Line-aligned parallel files (a path with ``{lang}``, read into the contract's columns) or a table."""
+        if LANG in path:
+            return self.read_parallel(split)
+        if Path(path).suffix not in readers.FORMATS:
+            raise DataError(f"data.{split}_file: {path} is not a table ({', '.join(readers.FORMATS)}); for "
+                            f"line-aligned parallel text give a path with {LANG}, e.g. train.{LANG}.gz")
+        return super().read_local(split, path)
+
     def read_splits(self) -> datasets.DatasetDict:
-        h = self.hparams
-        raw, sources = {}, {}
-        if h.dataset_name:
-            hub = readers.read_hub(h.dataset_name, h.dataset_config)
-            raw = {split: hub[split] for split in ("train", "validation", "test") if split in hub}
-            sources = {split: f"{h.dataset_name} [{split}]" for split in raw}
-        for split, path in self.files.items():
-            if LANG not in path:
-                if Path(path).suffix not in readers.FORMATS:
-                    raise DataError(f"data.{split}_file: {path} is not a table ({', '.join(readers.FORMATS)}); for "
-                                    f"line-aligned parallel text give a path with {LANG}, e.g. train.{LANG}.gz")
-                raw[split], sources[split] = readers.read_file(path, f"data.{split}_file"), path
-        out = {}
-        for split in ("train", "validation", "test", "predict"):
-            parallel = LANG in self.files.get(split, "")
-            if not parallel and split not in raw:
-                continue
-            ds = self.read_parallel(split) if parallel else raw[split]
-            if split == "train" and h.max_train_examples:  # tables are checked after: a quick run skips the rest
-                ds = ds.select(range(min(h.max_train_examples, len(ds))))
-            out[split] = ds if parallel else self.read_table(split, ds, sources[split])
-        for split, ds in out.items():
-            if len(ds) == 0:
-                raise DataError(f"{self.files.get(split) or sources[split]}: the {split} split has no rows")
-        return datasets.DatasetDict(out)
+        raw, sources = self.read_raw()  # tables are checked after the row limit: a quick run skips the rest
+        return datasets.DatasetDict({
+            split: ds if LANG in self.files.get(split, "") else self.read_table(split, ds, sources[split])
+            for split, ds in raw.items()})
 
     # ----------------------------------------------------------------------------------------------------------- #
     # Tokenizing once, then loading on every rank

@@ -30,7 +30,15 @@ def set_trainable(groups: list[LayerGroup], trainable: bool) -> None:
             param.requires_grad_(trainable)
 
 
-class FreezeLayers(BaseFinetuning):
+class LayerFinetuning(BaseFinetuning):
+    """BaseFinetuning over a task module's layer groups, which exist once its model is built."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        pl_module.configure_model()  # Lightning builds the model after callbacks' setup; freezing needs it now
+        super().setup(trainer, pl_module, stage)
+
+
+class FreezeLayers(LayerFinetuning):
     """Train only part of the model, chosen by layer (embeddings, Transformer blocks, head); the rest keeps its
     pretrained weights.
 
@@ -48,10 +56,6 @@ class FreezeLayers(BaseFinetuning):
         super().__init__()
         self.policy = policy
         self.layers = layers
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        pl_module.configure_model()  # Lightning builds the model after callbacks' setup; freezing needs it now
-        super().setup(trainer, pl_module, stage)
 
     def frozen_groups(self, groups: list[LayerGroup]) -> list[LayerGroup]:
         blocks = len(groups) - 2
@@ -74,7 +78,7 @@ class FreezeLayers(BaseFinetuning):
             backbone(pl_module.model).eval()
 
 
-class GradualUnfreezing(BaseFinetuning):
+class GradualUnfreezing(LayerFinetuning):
     """Start with only the head trainable, then unfreeze one layer group from the top every ``every`` epochs or steps
     (top block first, embeddings last), as in ULMFiT; fine-tuning runs are often one epoch, so steps can be given as
     a fraction of the run. Newly unfrozen groups join the optimizer with their own
@@ -93,10 +97,6 @@ class GradualUnfreezing(BaseFinetuning):
                               f"a fraction of the run's steps below 1), got {every} with interval={interval}")
         self.every = every
         self.interval = interval
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        pl_module.configure_model()  # Lightning builds the model after callbacks' setup; freezing needs it now
-        super().setup(trainer, pl_module, stage)
 
     def freeze_before_training(self, pl_module: pl.LightningModule) -> None:
         check_not_lora(pl_module, "GradualUnfreezing")

@@ -43,9 +43,19 @@ def encoder_decoder_sizes(model_type: str, sizes: dict, ids: dict) -> dict:
 
 
 def preset(model_name_or_path: str) -> tuple[dict, str] | None:
-    """(size settings, model type) of a ``<size>:<model_type>`` name, else None."""
+    """(size settings, model type) of a ``<size>:<model_type>`` name, else None.
+
+    Raises: ConfigError naming the key when the model type is not one transformers knows.
+    """
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
     size, sep, model_type = model_name_or_path.partition(":")
-    return (PRESET_SIZES[size], model_type) if sep and size in PRESET_SIZES else None
+    if not (sep and size in PRESET_SIZES):
+        return None
+    if model_type not in CONFIG_MAPPING_NAMES:
+        raise ConfigError(f"model.model_name_or_path: {model_name_or_path!r} names no model type transformers knows "
+                          f"({model_type!r}); expected {size}:<model_type>, e.g. {size}:bert, {size}:gpt2, {size}:t5")
+    return PRESET_SIZES[size], model_type
 
 
 def _offline() -> bool:

@@ -25,6 +25,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader
 
+from lit_finetune.bounds import OpenFraction, PositiveInt
 from lit_finetune.data import cache, readers
 from lit_finetune.data.base import TokenizedDataModule
 from lit_finetune.data.readers import TxtDocuments
@@ -80,9 +81,9 @@ class CorpusDataModule(TokenizedDataModule):
         text_column: str = "text",
         txt_documents: TxtDocuments = "line",
         examples: Examples = "blocks",
-        max_length: int = 128,
-        validation_fraction: float = 0.05,
-        max_train_documents: int | None = None,
+        max_length: PositiveInt = 128,
+        validation_fraction: OpenFraction = 0.05,
+        max_train_documents: PositiveInt | None = None,
         seed: int = 42,
         **kwargs,
     ):

@@ -21,6 +21,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 from transformers import DataCollatorForSeq2Seq
 
+from lit_finetune.bounds import OpenFraction, PositiveInt
 from lit_finetune.data import cache, readers
 from lit_finetune.data.base import SplitsDataModule
 from lit_finetune.errors import ConfigError, DataError
@@ -69,10 +70,10 @@ class InstructionDataModule(SplitsDataModule):
         system_prompt: str | None = None,
         prompt_format: PromptFormat = "auto",
         separator: str = "\n",
-        max_length: int = 512,
-        validation_fraction: float = 0.05,
+        max_length: PositiveInt = 512,
+        validation_fraction: OpenFraction = 0.05,
         seed: int = 42,
-        pad_to_multiple_of: int | None = None,
+        pad_to_multiple_of: PositiveInt | None = None,
         **kwargs,
     ):
         """

@@ -15,6 +15,7 @@ import datasets
 from lightning.pytorch.utilities import rank_zero_warn
 from transformers import DataCollatorForMultipleChoice
 
+from lit_finetune.bounds import OpenFraction, PositiveInt
 from lit_finetune.data import cache, readers
 from lit_finetune.data.base import SplitsDataModule
 from lit_finetune.data.classification import PaddingCollator
@@ -53,10 +54,10 @@ class MultipleChoiceDataModule(SplitsDataModule):
         choices_column: str | None = None,
         label_column: str = "label",
         id_column: str | None = None,
-        max_length: int = 128,
-        validation_fraction: float = 0.1,
+        max_length: PositiveInt = 128,
+        validation_fraction: OpenFraction = 0.1,
         seed: int = 42,
-        pad_to_multiple_of: int | None = None,
+        pad_to_multiple_of: PositiveInt | None = None,
         **kwargs,
     ):
         """

@@ -20,6 +20,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from transformers import DataCollatorWithPadding
 
+from lit_finetune.bounds import PositiveInt, Probability
 from lit_finetune.data import cache, readers
 from lit_finetune.data.base import SplitsDataModule
 from lit_finetune.errors import ConfigError, DataError
@@ -118,10 +119,10 @@ class QuestionAnsweringDataModule(SplitsDataModule):
         self,
         model_name_or_path: str = "minilm",
         version_2_with_negative: bool = False,
-        max_length: int = 384,
-        doc_stride: int = 128,
-        max_question_length: int = 64,
-        max_bad_answer_fraction: float = 0.01,
+        max_length: PositiveInt = 384,
+        doc_stride: PositiveInt = 128,
+        max_question_length: PositiveInt = 64,
+        max_bad_answer_fraction: Probability = 0.01,
         **kwargs,
     ):
         """

@@ -15,6 +15,7 @@ import datasets
 import torch
 from torch.utils.data import DataLoader
 
+from lit_finetune.bounds import PositiveInt
 from lit_finetune.data import cache, readers
 from lit_finetune.data.base import TokenizedDataModule
 from lit_finetune.errors import ConfigError, DataError
@@ -61,9 +62,9 @@ class SentenceEmbeddingDataModule(TokenizedDataModule):
         sentence1_column: str = "sentence1",
         sentence2_column: str = "sentence2",
         score_column: str = "score",
-        max_length: int = 32,
-        max_train_examples: int | None = None,
-        batch_size: int = 64,
+        max_length: PositiveInt = 32,
+        max_train_examples: PositiveInt | None = None,
+        batch_size: PositiveInt = 64,
         **kwargs,
     ):
         """

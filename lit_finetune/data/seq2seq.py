@@ -17,6 +17,7 @@ import datasets
 from lightning.pytorch.utilities import rank_zero_warn
 from transformers import DataCollatorForSeq2Seq
 
+from lit_finetune.bounds import PositiveInt
 from lit_finetune.data import cache, readers
 from lit_finetune.data.base import SplitsDataModule
 from lit_finetune.errors import ConfigError, DataError
@@ -88,11 +89,11 @@ class Seq2SeqDataModule(SplitsDataModule):
         target_column: str | None = None,
         id_column: str | None = None,
         source_prefix: str = "",
-        max_source_length: int = 256,
-        max_target_length: int = 128,
+        max_source_length: PositiveInt = 256,
+        max_target_length: PositiveInt = 128,
         group_by_length: bool = False,
         seed: int = 42,
-        pad_to_multiple_of: int | None = None,
+        pad_to_multiple_of: PositiveInt | None = None,
         **kwargs,
     ):
         """

@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from transformers import DataCollatorForTokenClassification
 
+from lit_finetune.bounds import PositiveInt
 from lit_finetune.data import cache, readers
 from lit_finetune.data.base import SplitsDataModule
 from lit_finetune.data.tag_schemes import OUTSIDE, TagScheme, check_tag, first_invalid, split_tag
@@ -54,8 +55,8 @@ class TokenClassificationDataModule(SplitsDataModule):
         tag_scheme: TagScheme = "IOB2",
         label_names: list[str] | None = None,
         label_subwords: Literal["first", "all"] = "first",
-        max_length: int = 256,
-        pad_to_multiple_of: int | None = None,
+        max_length: PositiveInt = 256,
+        pad_to_multiple_of: PositiveInt | None = None,
         **kwargs,
     ):
         """

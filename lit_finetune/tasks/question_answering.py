@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torchmetrics.text import SQuAD
 from transformers import AutoModelForQuestionAnswering, PreTrainedModel
 
+from lit_finetune.bounds import PositiveInt
 from lit_finetune.tasks.base import TaskModule
 
 SPLITS = ("val", "test")  # the splits scored with exact match and F1 (training logs its loss only)
@@ -98,8 +99,8 @@ class QuestionAnsweringModule(TaskModule):
     def __init__(
         self,
         model_name_or_path: str = "minilm",
-        n_best: int = 20,
-        max_answer_length: int = 30,
+        n_best: PositiveInt = 20,
+        max_answer_length: PositiveInt = 30,
         null_score_diff_threshold: float = 0.0,
         **kwargs,
     ):
@@ -170,9 +171,6 @@ class QuestionAnsweringModule(TaskModule):
         self.candidates = []
 
     on_test_epoch_start = on_validation_epoch_start
-
-    def on_train_start(self) -> None:
-        self.best.reset()  # forget the sanity check's values
 
     def on_validation_epoch_end(self) -> None:
         values = self.log_scores("val")

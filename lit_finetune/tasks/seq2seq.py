@@ -11,6 +11,7 @@ import torchmetrics
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, PreTrainedModel
 
 from lit_finetune import backbones
+from lit_finetune.bounds import Fraction, NonNegativeInt, PositiveInt
 from lit_finetune.errors import ConfigError
 from lit_finetune.tasks.base import TaskModule
 from lit_finetune.tasks.generation_metrics import GenerationScores
@@ -33,13 +34,13 @@ class Seq2SeqModule(TaskModule):
     def __init__(
         self,
         model_name_or_path: str = "google-t5/t5-small",
-        num_beams: int = 1,
-        max_new_tokens: int = 64,
-        label_smoothing: float = 0.0,
+        num_beams: PositiveInt = 1,
+        max_new_tokens: PositiveInt = 64,
+        label_smoothing: Fraction = 0.0,
         generate_during_validation: bool = True,
-        max_eval_generate_batches: int | None = None,
+        max_eval_generate_batches: PositiveInt | None = None,
         best_metric: ScoreName = "bleu",
-        num_samples: int = 4,
+        num_samples: NonNegativeInt = 4,
         **kwargs,
     ):
         """
@@ -132,9 +133,6 @@ class Seq2SeqModule(TaskModule):
         scores.reset()
         self.log_dict(values, prog_bar=split == "val")
         return values
-
-    def on_train_start(self) -> None:
-        self.best.reset()  # forget the sanity check's values
 
     def on_validation_epoch_start(self) -> None:
         self.samples = []

@@ -39,9 +39,6 @@ class CausalSFTModule(CausalLMModule):
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self.shared_step(batch, "test")
 
-    def on_train_start(self) -> None:
-        self.best.reset()  # forget the sanity check's value
-
     def on_validation_epoch_end(self) -> None:
         loss = self.val_nll.compute() if self.val_nll.update_count else None
         super().on_validation_epoch_end()  # logs val/loss and resets

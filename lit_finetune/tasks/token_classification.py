@@ -11,6 +11,7 @@ from seqeval import scheme as seqeval_schemes
 from seqeval.metrics import classification_report
 from transformers import AutoModelForTokenClassification, PreTrainedModel
 
+from lit_finetune.bounds import Fraction, NonNegativeFloat, PositiveFloat, Probability
 from lit_finetune.data.tag_schemes import OUTSIDE, TagScheme
 from lit_finetune.errors import ConfigError
 from lit_finetune.tasks.base import LabeledTaskModule
@@ -62,11 +63,11 @@ class TokenClassificationModule(DistillationMixin, LabeledTaskModule):
         model_name_or_path: str = "minilm",
         use_crf: bool = False,
         strict_metrics: bool = False,
-        classifier_dropout: float | None = None,
+        classifier_dropout: Fraction | None = None,
         teacher: str | None = None,
-        distill_alpha: float = 0.5,
-        distill_temperature: float = 2.0,
-        hidden_distill_weight: float = 0.0,
+        distill_alpha: Probability = 0.5,
+        distill_temperature: PositiveFloat = 2.0,
+        hidden_distill_weight: NonNegativeFloat = 0.0,
         **kwargs,
     ):
         """
@@ -167,9 +168,6 @@ class TokenClassificationModule(DistillationMixin, LabeledTaskModule):
         self.log_dict({k: v for k, v in scores.items() if k != headline})
         self.log(headline, scores[headline], prog_bar=split == "val")
         return scores
-
-    def on_train_start(self) -> None:
-        self.best.reset()  # forget the sanity check's values
 
     def on_validation_epoch_end(self) -> None:
         scores = self.log_entity_scores("val")

@@ -8,6 +8,7 @@ import torch
 import torchmetrics
 from transformers import ElectraForMaskedLM, ElectraForPreTraining, PreTrainedModel
 
+from lit_finetune.bounds import DecayFactor, OpenFraction, PositiveFloat, Probability
 from lit_finetune.errors import ConfigError
 from lit_finetune.tasks.base import TaskModule
 from lit_finetune.tasks.pretraining.masking import mask_tokens, select_tokens
@@ -41,12 +42,12 @@ class ElectraPretrainingModule(TaskModule):
         self,
         model_name_or_path: str = "tiny:electra",
         generator_name_or_path: str | None = None,
-        generator_size: float = 0.25,
-        discriminator_weight: float = 50.0,
-        mlm_probability: float = 0.15,
-        mask_replace_prob: float = 0.85,
-        random_replace_prob: float = 0.0,
-        sampling_temperature: float = 1.0,
+        generator_size: DecayFactor = 0.25,
+        discriminator_weight: PositiveFloat = 50.0,
+        mlm_probability: OpenFraction = 0.15,
+        mask_replace_prob: Probability = 0.85,
+        random_replace_prob: Probability = 0.0,
+        sampling_temperature: PositiveFloat = 1.0,
         validation_seed: int = 1234,
         **kwargs,
     ):

@@ -10,6 +10,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM,
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 from lit_finetune import backbones
+from lit_finetune.bounds import OpenFraction, Probability
 from lit_finetune.errors import ConfigError
 from lit_finetune.tasks.base import TaskModule
 from lit_finetune.tasks.pretraining.masking import IGNORE, mask_tokens, select_tokens
@@ -94,10 +95,10 @@ class MaskedLMModule(LanguageModelingModule):
     def __init__(
         self,
         model_name_or_path: str = "minilm",
-        mlm_probability: float = 0.15,
+        mlm_probability: OpenFraction = 0.15,
         whole_word_mask: bool = False,
-        mask_replace_prob: float = 0.8,
-        random_replace_prob: float = 0.1,
+        mask_replace_prob: Probability = 0.8,
+        random_replace_prob: Probability = 0.1,
         validation_seed: int = 1234,
         **kwargs,
     ):

@@ -3,20 +3,109 @@ what every task's data module shares: a hub dataset or one local file per split.
 
 from __future__ import annotations
 
+import itertools
+import os
 from pathlib import Path
 
 import datasets
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from lit_finetune import backbones
+from lit_finetune.bounds import NonNegativeInt, PositiveInt, plain_hparams
 from lit_finetune.data import cache, readers
 from lit_finetune.errors import ConfigError, DataError
 
 STAGE_SPLITS = {"fit": ("train", "validation"), "validate": ("validation",), "test": ("test",)}
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return seed + 1_000_003 * epoch
+
+
+class EpochShuffle(RandomSampler):
+    """A random order drawn from (seed, epoch) alone, so a resumed epoch replays the interrupted one's order."""
+
+    def __init__(self, data_source, seed: int):
+        super().__init__(data_source, generator=torch.Generator())
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        self.generator.manual_seed(epoch_seed(self.seed, self.epoch))
+        return super().__iter__()
+
+
+class EpochLengthGrouped(LengthGroupedSampler):
+    """transformers' length-grouped order, drawn from (seed, epoch) alone like EpochShuffle."""
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        super().__init__(batch_size, lengths=lengths, generator=torch.Generator())
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        self.generator.manual_seed(epoch_seed(self.seed, self.epoch))
+        return super().__iter__()
+
+
+class _SkipFirst:
+    """An index sampler whose next iteration leaves out its first `n` batches (drawn, never loaded)."""
+
+    def __init__(self, sampler, n: int):
+        self.sampler, self.n = sampler, n
+
+    def __iter__(self):
+        n, self.n = self.n, 0
+        return itertools.islice(iter(self.sampler), n, None)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class ResumableLoader(DataLoader):
+    """Training batches that a resumed run continues mid-epoch, like the run it resumes: Lightning saves this
+    loader's state (epoch, batches done) in each checkpoint, and on resume the batches done are skipped without
+    being loaded. Its length stays the epoch's, as Lightning counts batches from the checkpoint's position."""
+
+    def __init__(self, *args, progress=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.progress = progress  # () -> (epoch, batches done in it)
+        self.skip = 0
+        self._skipping = 0
+
+    def state_dict(self) -> dict:
+        epoch, done = self.progress() if self.progress else (0, 0)
+        return {"epoch": epoch, "batches_done": done}
+
+    def load_state_dict(self, state: dict) -> None:
+        epoch, done = state.get("epoch", 0), state.get("batches_done", 0)
+        if done >= len(self):  # saved at the end of an epoch: the next one starts from its first batch
+            epoch, done = epoch + 1, 0
+        # Lightning draws the first batches before it tells samplers the epoch of a resumed run.
+        for sampler in (self.sampler, getattr(self.batch_sampler, "sampler", None)):
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)
+        self.skip = done
+
+    @property
+    def _index_sampler(self):
+        sampler = super()._index_sampler
+        return _SkipFirst(sampler, self._skipping) if self._skipping else sampler
+
+    def __iter__(self):
+        self._skipping, self.skip = self.skip, 0
+        try:
+            return super().__iter__()
+        finally:
+            self._skipping = 0
 
 
 class TokenizedDataModule(pl.LightningDataModule):
@@ -26,9 +115,9 @@ class TokenizedDataModule(pl.LightningDataModule):
     def __init__(
         self,
         model_name_or_path: str = "minilm",
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
+        batch_size: PositiveInt = 32,
+        eval_batch_size: PositiveInt | None = None,
+        num_workers: NonNegativeInt = 0,
         cache_dir: str | None = None,
         trust_remote_code: bool = False,
         tokenizer_name_or_path: str | None = None,
@@ -45,6 +134,7 @@ class TokenizedDataModule(pl.LightningDataModule):
         """
         super().__init__()
         self.save_hyperparameters()  # with every subclass's own arguments
+        plain_hparams(self)
         self.eval_batch_size = eval_batch_size or 2 * batch_size
         self.cache_root = Path(cache_dir).expanduser() if cache_dir else cache.default_cache_dir()
         self.tokenizer = backbones.load_tokenizer(model_name_or_path, trust_remote_code, tokenizer_name_or_path)
@@ -76,17 +166,27 @@ class TokenizedDataModule(pl.LightningDataModule):
         (its examples then carry a ``length``)."""
         ds, sampler = self.splits[split], None
         if train and self.hparams.get("group_by_length"):
-            sampler = LengthGroupedSampler(self.hparams.batch_size, lengths=readers.column(ds, "length").to_pylist(),
-                                           generator=torch.Generator().manual_seed(self.hparams.seed))
+            sampler = EpochLengthGrouped(self.hparams.batch_size, readers.column(ds, "length").to_pylist(),
+                                         self.hparams.seed)
         return self.dataloader(ds, train, self.collator(), sampler=sampler)
 
     def dataloader(self, dataset, train: bool, collate_fn, sampler=None, drop_last: bool = False) -> DataLoader:
-        """Training batches of ``batch_size`` (shuffled unless a sampler is given), evaluation ones of
-        ``eval_batch_size``."""
-        return DataLoader(dataset, batch_size=self.hparams.batch_size if train else self.eval_batch_size,
-                          shuffle=train and sampler is None, sampler=sampler, drop_last=drop_last,
-                          collate_fn=collate_fn, num_workers=self.hparams.num_workers,
-                          persistent_workers=self.hparams.num_workers > 0)
+        """Training batches of ``batch_size`` (shuffled by epoch unless a sampler is given) that resume mid-epoch,
+        evaluation ones of ``eval_batch_size``."""
+        if not train:
+            return DataLoader(dataset, batch_size=self.eval_batch_size, drop_last=drop_last, collate_fn=collate_fn,
+                              num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0)
+        sampler = sampler or EpochShuffle(dataset, int(os.environ.get("PL_GLOBAL_SEED", 0)))
+        return ResumableLoader(dataset, batch_size=self.hparams.batch_size, sampler=sampler, drop_last=drop_last,
+                               collate_fn=collate_fn, num_workers=self.hparams.num_workers,
+                               persistent_workers=self.hparams.num_workers > 0, progress=self.training_progress)
+
+    def training_progress(self) -> tuple[int, int]:
+        """(epoch, training batches done in it), what a checkpoint of the train loader records."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 0
+        return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def train_dataloader(self) -> DataLoader:
         return self.loader("train", train=True)
@@ -122,7 +222,7 @@ class SplitsDataModule(TokenizedDataModule):
         validation_file: str | None = None,
         test_file: str | None = None,
         predict_file: str | None = None,
-        max_train_examples: int | None = None,
+        max_train_examples: PositiveInt | None = None,
         **kwargs,
     ):
         """

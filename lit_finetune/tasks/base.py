@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -11,13 +12,24 @@ from lightning.pytorch.utilities import rank_zero_info
 from transformers import PreTrainedModel
 
 from lit_finetune import backbones
+from lit_finetune.bounds import (
+    DecayFactor,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Probability,
+    plain_hparams,
+)
 from lit_finetune.errors import ConfigError
-from lit_finetune.training.export import atomic_directory
+from lit_finetune.training.checkpointing import NonFiniteError, non_finite_tensors, read_checkpoint
+from lit_finetune.training.export import EXPORT_MARKER, atomic_directory
 from lit_finetune.training.layers import parameter_counts
 from lit_finetune.training.lora import LoraSettings, apply_lora, is_lora, merged_copy, save_adapter, settings_dict
 from lit_finetune.training.optim import Schedule, build_scheduler, param_groups
 
 TASK_KEY = "lit_finetune_task"  # checkpoint entry naming the task class, so `export` needs no config
+BEST_KEY = "lit_finetune_best"  # checkpoint entry: the best validation value so far, which a resume continues
 
 
 class TaskModule(pl.LightningModule):
@@ -26,19 +38,20 @@ class TaskModule(pl.LightningModule):
     def __init__(
         self,
         model_name_or_path: str = "minilm",
-        learning_rate: float = 5e-5,
-        weight_decay: float = 0.01,
-        warmup: float = 0.06,
+        learning_rate: PositiveFloat = 5e-5,
+        weight_decay: NonNegativeFloat = 0.01,
+        warmup: NonNegativeFloat = 0.06,
         lr_scheduler: Schedule = "linear",
-        layer_lr_decay: float = 1.0,
-        lr_cycles: int = 1,
-        min_lr_ratio: float = 0.1,
-        adam_epsilon: float = 1e-8,
+        layer_lr_decay: DecayFactor = 1.0,
+        lr_cycles: PositiveInt = 1,
+        min_lr_ratio: Probability = 0.1,
+        adam_epsilon: PositiveFloat = 1e-8,
         fused_adamw: bool = True,
         trust_remote_code: bool = False,
         tokenizer_name_or_path: str | None = None,
         config_overrides: dict | None = None,
         lora: LoraSettings | None = None,
+        max_bad_steps: NonNegativeInt = 0,
     ):
         """
         Args:
@@ -65,6 +78,8 @@ class TaskModule(pl.LightningModule):
             lora: Train low-rank adapters (peft) and the task head instead of every weight, e.g.
                 ``{r: 8, alpha: 16, target_modules: [query, value]}``; the export holds the merged model (no peft
                 needed to load it) and the adapter alone in ``adapter/``.
+            max_bad_steps: Batches whose loss or gradient norm is NaN or inf that may be skipped (no update) before
+                the run stops with an error naming the step (0: stop at the first).
         """
         super().__init__()
         if not 0 < layer_lr_decay <= 1:
@@ -73,9 +88,12 @@ class TaskModule(pl.LightningModule):
             raise ConfigError(f"model.lr_cycles: expected a positive number of cycles, got {lr_cycles}")
         lora = settings_dict(lora)  # kept as a plain dict: checkpoints, hparams.yaml and W&B all take one
         self.save_hyperparameters()
+        plain_hparams(self)
         self.model: PreTrainedModel | None = None
         self.tokenizer = None
         self.pretrained_weights = True  # False when a checkpoint supplies the weights (no need to read them twice)
+        self.bad_steps = 0
+        self.resumed_best: torch.Tensor | None = None
 
     def build_model(self) -> PreTrainedModel:
         """The Hugging Face model for this task; called once, when the Trainer (or a checkpoint) needs it."""
@@ -114,6 +132,43 @@ class TaskModule(pl.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self.shared_step(batch, "train")
 
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        # Dropout draws from a seed of (run seed, epoch, batch, rank) alone, not from everything drawn before: a run
+        # resumed at any step draws what the uninterrupted one drew.
+        base = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        torch.manual_seed(hash((base, self.current_epoch, batch_idx, self.global_rank)) % 2**63)
+        trainer = self.trainer
+        if 0 < trainer.max_steps <= self.global_step + 1 and not trainer.fit_loop._should_accumulate():
+            # The last step: stopping here makes Lightning validate after it, so a run shorter than an epoch still
+            # ends with a validation, a checkpoint and an export.
+            trainer.should_stop = True
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Skip the update of a batch whose loss or gradients are NaN or inf (fp16's loss scaler does its own)."""
+        if str(self.trainer.precision).startswith("16"):
+            return
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        bad = not bool(torch.isfinite(norm))
+        if self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if not bad:
+            return
+        self.bad_steps += 1
+        loss = self.trainer.callback_metrics.get("train/loss_step")
+        what = f"loss is {float(loss)}" if loss is not None and not torch.isfinite(loss) else f"gradient norm is {norm}"
+        if self.bad_steps > self.hparams.max_bad_steps:
+            raise NonFiniteError(
+                f"training step {self.global_step}: the {what}; stopping (model.max_bad_steps="
+                f"{self.hparams.max_bad_steps}). The weights were not updated with it and the earlier checkpoints are "
+                "kept; lower model.learning_rate, clip gradients (trainer.gradient_clip_val) or allow skipped batches "
+                "with model.max_bad_steps")
+        rank_zero_info(f"Skipping training step {self.global_step}: the {what} ({self.bad_steps} of "
+                       f"{self.hparams.max_bad_steps} allowed)")
+        self.log("train/skipped_steps", float(self.bad_steps))
+        for p in (p for group in optimizer.param_groups for p in group["params"]):
+            p.grad = None  # AdamW leaves parameters without a gradient as they are
+
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self.shared_step(batch, "val")
 
@@ -143,7 +198,25 @@ class TaskModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_fit_start(self) -> None:
-        self.log_parameter_counts()
+        if not self.trainer.ckpt_path:  # a resumed run's counts are in its metrics already
+            self.log_parameter_counts()
+
+    def on_train_start(self) -> None:
+        best = getattr(self, "best", None)  # a task's best validation value so far (a Max/MinMetric)
+        if best is not None:
+            best.reset()  # forget the sanity check's values
+            if self.resumed_best is not None:
+                best.update(self.resumed_best.to(self.device))
+        self.resume_train_loader()
+
+    def resume_train_loader(self) -> None:
+        # Lightning builds the train loader (for estimated_stepping_batches) before it restores a checkpoint, and
+        # so never hands a resumed run's loader its saved position: hand it over here, then start the epoch anew.
+        loop = self.trainer.fit_loop
+        if loop._combined_loader_states_to_load and loop._combined_loader is not None:
+            loop._combined_loader._load_state_dicts(loop._combined_loader_states_to_load)
+            loop._combined_loader_states_to_load = []
+            iter(loop._data_fetcher)
 
     def log_parameter_counts(self) -> None:
         """Print and log (``params/trainable``, ``params/total``) how much of the model trains: freezing, gradual
@@ -155,14 +228,22 @@ class TaskModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[TASK_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
+        best = getattr(self, "best", None)
+        if best is not None and best.update_count:
+            checkpoint[BEST_KEY] = best.compute().detach().cpu()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.resumed_best = checkpoint.get(BEST_KEY)
         self.configure_model()  # `load_from_checkpoint` never calls it, and the weights need somewhere to go
 
     def export(self, output_dir: str | Path) -> Path:
         """Write a Hugging Face folder (model + tokenizer) that `from_pretrained` and `pipeline` load; with LoRA, the
         adapters merged in, and the adapter alone in ``adapter/``."""
-        with atomic_directory(output_dir) as tmp:
+        bad = non_finite_tensors(self.model.state_dict().items())
+        if bad:
+            raise NonFiniteError(f"export: the model holds NaN or inf ({len(bad)} tensors, e.g. {bad[0]}); nothing "
+                                 f"written to {output_dir}")
+        with atomic_directory(output_dir, marker=EXPORT_MARKER) as tmp:
             if is_lora(self.model):
                 merged_copy(self.model).save_pretrained(tmp)
                 save_adapter(self.model, tmp / "adapter")
@@ -181,7 +262,7 @@ class TaskModule(pl.LightningModule):
 
         The file is read once and memory-mapped, so the optimizer state it also holds costs no memory.
         """
-        checkpoint = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=False)
+        checkpoint = read_checkpoint(ckpt_path, mmap=True)
         module_name, _, class_name = checkpoint.get(TASK_KEY, "").rpartition(".")
         if not module_name:
             raise ConfigError(f"--ckpt_path: {ckpt_path} was not written by a lit_finetune task module")

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 import torchmetrics
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
+from lit_finetune.bounds import Fraction, NonNegativeFloat, PositiveFloat, Probability
 from lit_finetune.tasks.base import LabeledTaskModule
 from lit_finetune.tasks.distillation import DistillationMixin
 
@@ -42,12 +43,12 @@ class SequenceClassificationModule(DistillationMixin, LabeledTaskModule):
     def __init__(
         self,
         model_name_or_path: str = "minilm",
-        label_smoothing: float = 0.0,
-        classifier_dropout: float | None = None,
+        label_smoothing: Fraction = 0.0,
+        classifier_dropout: Fraction | None = None,
         teacher: str | None = None,
-        distill_alpha: float = 0.5,
-        distill_temperature: float = 2.0,
-        hidden_distill_weight: float = 0.0,
+        distill_alpha: Probability = 0.5,
+        distill_temperature: PositiveFloat = 2.0,
+        hidden_distill_weight: NonNegativeFloat = 0.0,
         **kwargs,
     ):
         """
@@ -111,11 +112,10 @@ class SequenceClassificationModule(DistillationMixin, LabeledTaskModule):
         self.log_dict(values, prog_bar=split == "val")
         return values
 
-    def on_train_start(self) -> None:
-        self.best.reset()  # forget the sanity check's values
-
     def on_train_epoch_end(self) -> None:
-        self.log_split_metrics("train")
+        # Nothing to log when a resume starts at the end of an epoch: its batches were counted before the checkpoint.
+        if any(metric.update_count for metric in self.train_metrics.values()):
+            self.log_split_metrics("train")
 
     def on_validation_epoch_end(self) -> None:
         values = self.log_split_metrics("val")

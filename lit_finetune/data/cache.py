@@ -25,10 +25,18 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()
 
 
+def content_digest(path: str | Path) -> str:
+    """A hash of the file's bytes: a file rewritten with the same size and modification time still changes it."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def file_signatures(files: dict[str, str]) -> dict:
-    """Path, size and modification time of each local file, so an edited file is tokenized again."""
-    return {split: (str(Path(p).resolve()), os.path.getsize(p), os.path.getmtime(p))
-            for split, p in files.items() if os.path.exists(p)}
+    """Path and content hash of each local file, so an edited file is tokenized again."""
+    return {split: (str(Path(p).resolve()), content_digest(p)) for split, p in files.items() if os.path.isfile(p)}
 
 
 def cache_path(root: Path, family: str, key: dict) -> Path:

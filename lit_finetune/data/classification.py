@@ -8,15 +8,20 @@ tokenizer makes them), ``labels`` (int class ids, or floats for regression; abse
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import datasets
 from lightning.pytorch.utilities import rank_zero_warn
 from transformers import DataCollatorWithPadding
 
+from lit_finetune.bounds import OpenFraction, PositiveInt
 from lit_finetune.data import cache, readers
 from lit_finetune.data.base import SplitsDataModule
 from lit_finetune.errors import ConfigError, DataError
+
+INTEGER = re.compile(r"[+-]?\d+")  # a label written as a class id
+
 
 class PaddingCollator:
     """Pads each batch to its own longest sequence (no fixed max-length padding) and passes example ids through."""
@@ -43,13 +48,13 @@ class TextClassificationDataModule(SplitsDataModule):
         text_pair_column: str | None = None,
         label_column: str = "label",
         id_column: str | None = None,
-        num_labels: int | None = None,
+        num_labels: PositiveInt | None = None,
         label_names: list[str] | None = None,
-        max_length: int = 128,
+        max_length: PositiveInt = 128,
         group_by_length: bool = False,
-        validation_fraction: float = 0.1,
+        validation_fraction: OpenFraction = 0.1,
         seed: int = 42,
-        pad_to_multiple_of: int | None = None,
+        pad_to_multiple_of: PositiveInt | None = None,
         **kwargs,
     ):
         """
@@ -126,6 +131,7 @@ class TextClassificationDataModule(SplitsDataModule):
                                     "data.label_names to name them, or use string labels")
             else:
                 names = sorted(str(v) for v in values)
+                self.check_label_kinds(train, source)
         if len(names) < 2:
             raise DataError(f"{source}: column {h.label_column!r} has a single class {names}; classification needs "
                             "at least 2 (set data.num_labels: 1 for regression)")
@@ -133,6 +139,19 @@ class TextClassificationDataModule(SplitsDataModule):
             raise ConfigError(f"data.num_labels: set to {h.num_labels} but the training data has {len(names)} "
                               f"classes {names}; remove data.num_labels or fix it")
         return dict(enumerate(names))
+
+    def check_label_kinds(self, train: datasets.Dataset, source: str) -> None:
+        """String labels are names or ids, not both: "1" beside "positive" would become classes of their own.
+
+        Raises: DataError naming a row of each kind.
+        """
+        column = [str(v) for v in readers.column(train, self.hparams.label_column).to_pylist()]
+        number = next((i for i, v in enumerate(column) if INTEGER.fullmatch(v.strip())), None)
+        name = next((i for i, v in enumerate(column) if not INTEGER.fullmatch(v.strip())), None)
+        if number is not None and name is not None:
+            raise DataError(f"{readers.row_location(source, number)}: label {column[number]!r} is a number, but "
+                            f"{readers.row_location(source, name)} has label {column[name]!r}, a name; expected all "
+                            "class names or all integer ids (data.label_names names ids)")
 
     def encode_labels(self, ds: datasets.Dataset, source: str, id2label: dict[int, str] | None) -> datasets.Dataset:
         """Labels as class ids (or floats for regression), failing on a label that train never had."""

@@ -48,6 +48,47 @@ def check_utf8(path: Path) -> None:
                         f"`iconv -f latin1 -t utf-8`)") from None
 
 
+def check_table(path: Path) -> None:
+    """Fail on what pandas reads without a word or reports vaguely, naming the line: an empty or header-only file,
+    duplicate column names, a row with more or fewer fields than the header, and a quote that is never closed or
+    swallows the lines after it (a stray ``"`` merges rows into one text)."""
+    tsv = path.suffix == ".tsv"
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter="\t" if tsv else ",", quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL,
+                            strict=True)
+        try:
+            header = next(reader, None)
+            if header is None or not any(h.strip() for h in header):
+                raise DataError(f"{path}: the file is empty; expected a header line naming the columns, then rows")
+            duplicates = sorted({h for h in header if header.count(h) > 1})
+            if duplicates:
+                raise DataError(f"{path}, line 1: column {duplicates[0]!r} appears {header.count(duplicates[0])} "
+                                "times in the header; expected unique column names")
+            rows = 0
+            start = reader.line_num + 1  # the line the current record starts on
+            for record in reader:
+                if record and len(record) != len(header):
+                    raise DataError(f"{path}, line {start}: {len(record)} fields; the header (line 1) has "
+                                    f"{len(header)}{' (a tab inside a text?)' if tsv else ''}")
+                spanned = reader.line_num - start + 1
+                if spanned > 1 and any(line.count(",") >= len(header) - 1 >= 1
+                                       for field in record for line in field.split("\n")[1:]):
+                    raise DataError(f"{path}, line {start}: a quoted field opens here and runs over {spanned} lines "
+                                    f"(to line {reader.line_num}), holding what look like rows of their own; an "
+                                    "unbalanced quote? Escape a quote inside a field as \"\"")
+                rows += bool(record)
+                start = reader.line_num + 1
+        except csv.Error as err:
+            if "unexpected end of data" in str(err):
+                raise DataError(f"{path}, line {start}: a quote opened on this line is never closed (the field runs "
+                                f"to the end of the file, line {reader.line_num}); escape a quote inside a field as "
+                                '""') from None
+            opened = f" (in a field quoted since line {start}: an unbalanced quote?)" if start < reader.line_num else ""
+            raise DataError(f"{path}, line {reader.line_num}: {err}{opened}") from None
+    if not rows:
+        raise DataError(f"{path}: the file has a header ({', '.join(header)}) but no rows")
+
+
 def read_file(path: str | Path, key: str, txt_documents: TxtDocuments = "line",
               text_column: str = "text") -> datasets.Dataset:
     """One split from a local csv / tsv / json / jsonl / parquet file, or a .txt file whose documents (split by
@@ -59,11 +100,18 @@ def read_file(path: str | Path, key: str, txt_documents: TxtDocuments = "line",
         raise DataError(f"{key}: {path} has suffix {path.suffix!r}; expected one of {', '.join(FORMATS)}, .txt")
     if path.suffix in TEXT_FORMATS:
         check_utf8(path)
+    if path.suffix in (".csv", ".tsv"):
+        check_table(path)
+    elif path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty")
     if path.suffix == ".txt":
         return datasets.Dataset.from_dict({text_column: split_documents(path.read_text("utf-8"), txt_documents)})
     builder, kwargs = FORMATS[path.suffix]
     try:
-        return datasets.load_dataset(builder, data_files={"data": str(path)}, split="data", **kwargs)
+        # Read anew every time: `datasets` keys its own cache of a local file on its path and modification time,
+        # so a file rewritten within the same second would come back as it was. Our tokenized cache covers content.
+        return datasets.load_dataset(builder, data_files={"data": str(path)}, split="data",
+                                     download_mode=datasets.DownloadMode.FORCE_REDOWNLOAD, **kwargs)
     except Exception as err:  # datasets/pandas/arrow parse errors: add the file name, keep the cause
         raise DataError(f"{key}: could not parse {path} as {path.suffix[1:]}: {err}") from err
 

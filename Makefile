@@ -24,10 +24,10 @@ quickstart: setup
 	$(OFFLINE) $(BIN)/lit-finetune fit --config configs/classification/quickstart.yaml
 
 # Tests run on TEST_WORKERS processes of one torch thread each: tiny models gain nothing from more threads, and the
-# subprocess and I/O waits of one worker overlap the other's work.
+# subprocess and I/O waits of one worker overlap the other's work. Tests of one xdist_group share a worker.
 TEST_WORKERS ?= 2
 test: setup
-	$(OFFLINE) WANDB_MODE=offline OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) tests
+	$(OFFLINE) WANDB_MODE=offline OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
 
 benchmark-sst2: setup
 	$(BIN)/pip install -q -e ".[bench]"

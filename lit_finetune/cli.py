@@ -6,26 +6,30 @@ metrics.csv, checkpoints/, export/, predictions and the W&B run.
 
 from __future__ import annotations
 
-import json
+import argparse
 import netrc
 import os
 import re
 import sys
 import time
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
 from jsonargparse import CLI, Namespace
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
+from lit_finetune import bounds, run_folder
 from lit_finetune.data.tokenizer_training import train_tokenizer
 from lit_finetune.deploy import deploy
 from lit_finetune.errors import ConfigError, LitFinetuneError
 from lit_finetune.tasks import TaskModule
 from lit_finetune.training.callbacks import ExportBestModel, StopOnRequest
+from lit_finetune.training.checkpointing import AtomicCheckpointIO, best_record, read_checkpoint
 from lit_finetune.training.export import export_checkpoint
 
 # Key names that hold credentials (api_key, hub_token, client_secret, ...), not knobs like max_tokens.
@@ -62,11 +66,33 @@ def redact(value, key: str = ""):
     return value
 
 
+def secret_values(value, key: str = "") -> set[str]:
+    """The strings that `redact` would blank: the values of secret-looking keys anywhere in a config."""
+    if isinstance(value, str) and value and SECRET_KEY.search(key):
+        return {value}
+    items = vars(value).items() if isinstance(value, Namespace) else value.items() if isinstance(value, dict) else \
+        ((key, v) for v in value) if isinstance(value, list) else ()
+    return set().union(*(secret_values(v, str(k)) for k, v in items)) if items else set()
+
+
+@contextmanager
+def argv_without(secrets: set[str]):
+    """sys.argv with these strings blanked while W&B records the command line (its metadata and run file); the
+    real one is kept for the rest of the process (DDP relaunches it)."""
+    saved = list(sys.argv)
+    for secret in secrets:
+        sys.argv[:] = [arg.replace(secret, "<redacted>") for arg in sys.argv]
+    try:
+        yield
+    finally:
+        sys.argv[:] = saved
+
+
 def flat_config(config: Namespace) -> dict:
     """Dotted keys as the CLI and sweep files write them (``model.learning_rate``, without ``init_args``), so W&B's
     table and parallel-coordinates plots line up with the sweep parameters."""
     plain = (int, float, str, bool, type(None))
-    return {key.replace(".init_args.", "."): value if isinstance(value, plain) else str(value)
+    return {key.replace(".init_args.", "."): bounds.plain(value) if isinstance(value, plain) else str(value)
             for key, value in config.items(branches=False)}
 
 
@@ -77,63 +103,173 @@ def previous_wandb_run_id(run_dir: str) -> str | None:
     return files[0].stem[len("run-"):] if files else None
 
 
-def write_run_record(trainer, started: float) -> None:
+def write_run_record(trainer, started: float, status: str | None = None) -> None:
     """run.json: how the run ended, how long it took and its best monitored value, for `lit-finetune compare`."""
-    checkpoint = trainer.checkpoint_callback
     stopped = any(isinstance(cb, StopOnRequest) and cb.stopped for cb in trainer.callbacks)
-    record = {"status": "interrupted" if trainer.interrupted else "stopped" if stopped else "finished",
-              "started": datetime.fromtimestamp(started).isoformat(timespec="seconds"),
-              "wall_s": round(time.time() - started, 1), "global_step": trainer.global_step}
-    if checkpoint is not None and checkpoint.monitor and checkpoint.best_model_score is not None:
-        record["best"] = {"metric": checkpoint.monitor, "mode": checkpoint.mode,
-                          "value": float(checkpoint.best_model_score), "checkpoint": checkpoint.best_model_path}
-    (Path(trainer.default_root_dir) / "run.json").write_text(json.dumps(record, indent=2) + "\n")
+    status = status or ("interrupted" if trainer.interrupted else "stopped" if stopped else "finished")
+    run_folder.write_run_record(trainer.default_root_dir, status, started, trainer.global_step,
+                                best_record(trainer.checkpoint_callback))
+
+
+# Settings a resume may change: how long and where the run goes on, and what watches it. Any other difference from
+# the checkpoint's config would mix two runs in one (the optimizer and schedule come back from the checkpoint).
+RESUMABLE_CHANGES = ("ckpt_path", "config", "resume_changes", "trainer.max_epochs", "trainer.max_steps",
+                     "trainer.max_time", "trainer.min_epochs", "trainer.min_steps", "trainer.callbacks",
+                     "trainer.logger", "trainer.devices", "trainer.num_nodes", "trainer.accelerator",
+                     "trainer.strategy", "trainer.precision", "trainer.plugins", "trainer.enable_progress_bar",
+                     "trainer.enable_model_summary", "trainer.log_every_n_steps", "trainer.num_sanity_val_steps",
+                     "trainer.profiler", "trainer.default_root_dir", "data.num_workers", "data.eval_batch_size",
+                     "data.cache_dir")
+CONFIG_KEY = "lit_finetune_config"  # checkpoint entry: the run's resolved config, flat and redacted
+WANDB_ID_KEY = "wandb_run_id"  # checkpoint entry: the W&B run a resume continues
+RESUME_ENV = "LIT_FINETUNE_RESUME_FROM"  # the checkpoint the launching process chose, for the ranks it launches
+
+
+def changed_settings(saved: dict, current: dict) -> dict[str, tuple]:
+    """Keys whose values differ between the checkpoint's flat config and this command's."""
+    return {key: (saved.get(key), current.get(key)) for key in sorted(set(saved) | set(current))
+            if saved.get(key) != current.get(key)}
+
+
+def is_resumable_change(key: str) -> bool:
+    return any(key == allowed or key.startswith(allowed + ".") for allowed in RESUMABLE_CHANGES)
 
 
 class RunConfig(SaveConfigCallback):
-    """Saves the resolved config (secrets redacted) in the run folder and attaches it to the W&B run with flat
-    dotted keys."""
+    """Saves the resolved config (secrets redacted) in the run folder and in each checkpoint, and attaches it to the
+    W&B run with flat dotted keys."""
 
-    def __init__(self, parser, config, *args, **kwargs):
+    def __init__(self, parser, config, *args, requested: dict | None = None, **kwargs):
+        """`requested`: the command's own flat config (before the CLI fills in run-folder policy), which a resume
+        compares with its own."""
         super().__init__(parser, redact(config), *args, **kwargs)
+        self.requested = requested
 
     def save_config(self, trainer, pl_module, stage: str) -> None:
         monitored = {cb.monitor: cb.mode for cb in trainer.callbacks
                      if isinstance(cb, (ModelCheckpoint, EarlyStopping)) and cb.monitor}
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                logger.experiment.config.update(flat_config(self.config), allow_val_change=True)
+                run = logger.experiment
+                run.config.update(flat_config(self.config), allow_val_change=True)
                 for metric, mode in monitored.items():  # the run summary shows the best value, not the last
-                    logger.experiment.define_metric(metric, summary=mode)
+                    run.define_metric(metric, summary=mode)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint[CONFIG_KEY] = self.requested or flat_config(self.config)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger) and logger._experiment is not None:
+                checkpoint[WANDB_ID_KEY] = logger.version
+
+
+# Trainer numbers that Lightning takes without a bound, checked before anything is built: (key, lowest, what).
+TRAINER_BOUNDS = (("max_epochs", -1, "epochs (-1: no limit)"), ("min_epochs", 0, "epochs"),
+                  ("max_steps", -1, "steps (-1: no limit)"), ("min_steps", 0, "steps"),
+                  ("accumulate_grad_batches", 1, "batches"), ("log_every_n_steps", 1, "steps"),
+                  ("num_sanity_val_steps", -1, "batches (-1: all)"), ("check_val_every_n_epoch", 1, "epochs"),
+                  ("gradient_clip_val", 0, "a norm"), ("num_nodes", 1, "nodes"))
+
+
+def check_trainer_numbers(trainer: Namespace) -> None:
+    """Raises: ConfigError naming the first trainer key whose number cannot work."""
+    for key, lowest, what in TRAINER_BOUNDS:
+        value = trainer.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < lowest:
+            raise ConfigError(f"trainer.{key}: expected {what} >= {lowest}, got {value}")
+    for key, lowest in (("val_check_interval", 0), ("limit_train_batches", 0), ("limit_val_batches", -1)):
+        value = trainer.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= lowest:
+            raise ConfigError(f"trainer.{key}: expected a fraction of an epoch (0, 1] or a number of batches, got "
+                              f"{value}")
+    strategy = str(trainer.get("strategy") or "")
+    accelerator = str(trainer.get("accelerator") or "auto")
+    if "fsdp" in strategy.lower() and (accelerator == "cpu" or accelerator == "auto" and not cuda_available()):
+        raise ConfigError(f"trainer.strategy: {strategy} needs GPUs; on CPU use trainer.strategy=ddp (or "
+                          "lightning.pytorch.strategies.ModelParallelStrategy for FSDP2 sharding)")
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def checkpoint_to_resume(run_dir: Path) -> Path | None:
+    """The checkpoint a `fit` in an existing run folder continues from: last.ckpt of a run that did not finish.
+
+    Raises: ConfigError when the folder holds a run that ended (or that has no checkpoint to continue from).
+    """
+    if not (run_dir / run_folder.CONFIG).is_file():
+        return None
+    status = run_folder.read_run_record(run_dir).get("status")
+    last = run_dir / run_folder.CHECKPOINTS / run_folder.LAST_CHECKPOINT
+    if status in (None, "interrupted", "preempted", "failed") and last.is_file():
+        return last
+    ended = f"a run that {status}" if status else "a run with no checkpoint to resume from"
+    raise ConfigError(f"trainer.default_root_dir: {run_dir} already holds a run (config.yaml), {ended}; choose "
+                      "another folder, or pass --ckpt_path to continue from one of its checkpoints")
 
 
 class LitFinetuneCLI(LightningCLI):
-    """LightningCLI with the task and data classes chosen by `class_path`, and one folder per run."""
+    """LightningCLI with the task and data classes chosen by `class_path`, and one folder per run that a killed or
+    preempted run resumes in with the same command."""
 
     def __init__(self, args=None, run: bool = True):
-        super().__init__(TaskModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                         save_config_callback=RunConfig, auto_configure_optimizers=False,
-                         seed_everything_default=42, args=args, run=run,
-                         parser_kwargs={"description": "Pretrain and fine-tune Transformer language models."})
+        self.lock: run_folder.RunLock | None = None
+        self.started = time.time()
+        self.secrets: set[str] = set()
+        self.requested: dict | None = None  # the command's flat config, before Lightning merges a checkpoint's
+        strict = {"exit_on_error": False}  # parse errors reach `main`, which prints them in one line
+        try:
+            super().__init__(TaskModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                             save_config_callback=RunConfig, auto_configure_optimizers=False,
+                             seed_everything_default=42, args=args, run=run,
+                             parser_kwargs={"description": "Pretrain and fine-tune Transformer language models.",
+                                            **strict, **{cmd: strict for cmd in ("fit", "validate", "test", "predict")}})
+        finally:  # however the command ended; the processes it launched are done too
+            os.environ.pop(RESUME_ENV, None)
+            if self.lock is not None:
+                self.lock.release()
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.model_name_or_path")
         parser.link_arguments("model.init_args.trust_remote_code", "data.init_args.trust_remote_code")
         parser.link_arguments("model.init_args.tokenizer_name_or_path", "data.init_args.tokenizer_name_or_path")
+        parser.add_argument("--resume_changes", choices=["refuse", "allow"], default="refuse",
+                            help="On resume, settings that differ from the checkpoint's (other than run length, "
+                                 "devices, callbacks and loggers) are refused; `allow` resumes anyway.")
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        self.secrets = secret_values(config)  # before any is blanked below
+        self.save_config_kwargs["requested"] = self.requested
         trainer = config.trainer
+        check_trainer_numbers(trainer)
         if not trainer.default_root_dir:
             sources = config.get("config") or []
             stem = Path(str(sources[-1])).stem if sources else self.subcommand or "run"
             trainer.default_root_dir = f"runs/{stem}-{datetime.now():%Y%m%d-%H%M%S}"
-        run_dir = str(trainer.default_root_dir)
-        resuming = bool(config.get("ckpt_path"))
-        if self.subcommand == "fit" and not resuming and (Path(run_dir) / "config.yaml").is_file():
-            # Checked before any logger or callback touches the folder, so the earlier run stays intact.
-            raise ConfigError(f"trainer.default_root_dir: {run_dir} already holds a run (config.yaml); choose "
-                              "another folder, or pass --ckpt_path to resume that run")
+        run_dir = Path(str(trainer.default_root_dir))
+        launched = os.environ.get(run_folder.LOCKED_ENV) == str(run_dir.resolve())  # a rank of a run started here
+        if self.subcommand is not None and not launched:
+            self.lock = run_folder.RunLock(run_dir)
+            self.lock.acquire()  # before anything below writes into the folder
+        checkpoint = None
+        if self.subcommand == "fit":
+            if not config.get("ckpt_path"):
+                # Checked before any logger or callback touches the folder, so the earlier run stays intact. The
+                # ranks DDP launches take the launching process's choice: by then the folder has changed.
+                last = os.environ.get(RESUME_ENV) if launched else checkpoint_to_resume(run_dir)
+                if last:
+                    if not launched:
+                        print(f"Resuming the unfinished run in {run_dir} from {last}", file=sys.stderr, flush=True)
+                    config = self.resume_from(str(last))
+                    trainer = config.trainer
+            os.environ[RESUME_ENV] = str(config.get("ckpt_path") or "")
+            if config.get("ckpt_path"):
+                checkpoint = read_checkpoint(config.ckpt_path, mmap=True)
+                self.check_resume_settings(config, checkpoint)
+        resuming = checkpoint is not None
         if trainer.enable_progress_bar is False and trainer.callbacks:
             # The configs name a TQDMProgressBar for its refresh rate; turning bars off drops it instead of failing.
             trainer.callbacks = [c for c in trainer.callbacks
@@ -143,17 +279,22 @@ class LitFinetuneCLI(LightningCLI):
         if trainer.logger is not False and not any(lg.class_path.endswith("CSVLogger") for lg in loggers):
             # Always keep a plain local record first: it also makes the run folder Lightning's log_dir.
             csv_logger = Namespace(class_path="lit_finetune.training.loggers.RunCSVLogger",
-                                   init_args=Namespace(save_dir=run_dir))
+                                   init_args=Namespace(save_dir=str(run_dir)))
             loggers.insert(0, csv_logger)
             trainer.logger = loggers
         for logger in loggers:
             if logger.init_args.get("save_dir") in (None, "."):
-                logger.init_args.save_dir = run_dir
+                logger.init_args.save_dir = str(run_dir)
+            if logger.class_path.endswith("RunCSVLogger") and resuming:
+                logger.init_args.resume_step = int(checkpoint.get("global_step", 0))
             if logger.class_path.endswith("WandbLogger"):
-                logger.init_args.name = logger.init_args.get("name") or Path(run_dir).name
+                logger.init_args.name = logger.init_args.get("name") or run_dir.name
+                if logger.init_args.get("config"):  # W&B would record it as given
+                    logger.init_args.config = redact(logger.init_args.config)
                 if os.environ.get("WANDB_RUN_GROUP"):  # W&B's own variable, set e.g. by `lit-finetune sweep`
                     logger.init_args.group = os.environ["WANDB_RUN_GROUP"]
-                previous_id = previous_wandb_run_id(run_dir) if resuming else None
+                previous_id = (checkpoint.get(WANDB_ID_KEY) or previous_wandb_run_id(str(run_dir))
+                               if resuming else None)
                 if previous_id and not logger.init_args.get("id"):
                     # Resuming in the same folder continues the same W&B run.
                     logger.init_args.id = previous_id
@@ -161,8 +302,76 @@ class LitFinetuneCLI(LightningCLI):
         if resuming or self.subcommand != "fit":
             self.save_config_kwargs["overwrite"] = True  # resuming, or evaluating into the run's own folder
 
+    def resume_from(self, ckpt_path: str) -> Namespace:
+        """The subcommand's config resuming from `ckpt_path`, merged as Lightning merges a --ckpt_path given on the
+        command line (the model's settings from the checkpoint)."""
+        self.config[self.subcommand].ckpt_path = ckpt_path
+        self._parse_ckpt_path()
+        self.save_config_kwargs["requested"] = self.requested
+        return self.config[self.subcommand]
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning replaces the model's settings with the checkpoint's here, silently: keep what the command asked
+        # for, to compare with the checkpoint.
+        if self.config.get("subcommand"):
+            config = self.config[self.config.subcommand]
+            self.requested = flat_config(redact(config))
+            if config.get("ckpt_path"):
+                read_checkpoint(config.ckpt_path, mmap=True)  # a one-line error for a missing, corrupted or crafted file
+        super()._parse_ckpt_path()
+
+    def check_resume_settings(self, config: Namespace, checkpoint: dict) -> None:
+        """Refuse a resume whose settings differ from the checkpoint's in more than run length, devices, callbacks
+        and loggers (those are printed), unless --resume_changes=allow.
+
+        Raises: ConfigError listing the differing keys, before anything in the run folder changes.
+        """
+        saved = checkpoint.get(CONFIG_KEY)
+        if not saved:
+            return  # a checkpoint from before configs were kept in them
+        changes = {k: v for k, v in changed_settings(saved, self.requested or flat_config(redact(config))).items()
+                   if k not in ("ckpt_path", "config", "resume_changes")}  # how a resume is asked for
+        refused = {k: v for k, v in changes.items() if not is_resumable_change(k)}
+        shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in (refused or changes).items())
+        if refused and config.get("resume_changes") != "allow":
+            raise ConfigError(f"--ckpt_path: {config.ckpt_path} was trained with other settings ({shown}); resuming "
+                              "would mix two runs. Start a new run in another trainer.default_root_dir (e.g. from "
+                              "its export/), or pass --resume_changes=allow to resume anyway")
+        if changes:
+            print(f"Resuming with changed settings: {shown}", file=sys.stderr, flush=True)
+
+    def start_wandb_runs(self) -> None:
+        """Start the W&B runs now, while the command line W&B records has its secrets blanked (Lightning would
+        start them inside fit, where DDP still needs the real command line to launch its ranks)."""
+        for logger in self.trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                with argv_without(self.secrets):
+                    logger.experiment
+
     def before_fit(self) -> None:
         self.started = time.time()
+        strategy = self.trainer.strategy
+        if type(getattr(strategy, "checkpoint_io", None)) is TorchCheckpointIO:  # single-file checkpoints
+            strategy.checkpoint_io = AtomicCheckpointIO()
+        self.start_wandb_runs()
+
+    def before_validate(self) -> None:
+        self.start_wandb_runs()
+
+    def before_test(self) -> None:
+        self.start_wandb_runs()
+
+    def before_predict(self) -> None:
+        self.start_wandb_runs()
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except Exception:
+            run_dir = Path(self.trainer.default_root_dir)
+            if subcommand == "fit" and self.trainer.is_global_zero and (run_dir / run_folder.CONFIG).is_file():
+                write_run_record(self.trainer, self.started, status="failed")  # a run that started, then failed
+            raise
 
     def after_fit(self) -> None:
         trainer = self.trainer
@@ -192,6 +401,44 @@ class LitFinetuneCLI(LightningCLI):
         print("\n".join(lines), flush=True)
 
 
+def user_error(err: BaseException) -> LitFinetuneError | None:
+    """The LitFinetuneError behind `err`, if any: jsonargparse and Lightning re-raise errors of the classes they
+    build inside their own."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, LitFinetuneError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def parse_error_line(message: str) -> str:
+    """One line for a jsonargparse error: the key (a subclass's own key dotted onto its group's) and what was wrong
+    with it, instead of every union subtype jsonargparse tried."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    outer = re.match(r'Parser key "([^"]+)":\s*(.*)', lines[0]) if lines else None
+    if not outer:
+        return lines[0] if lines else message
+    key, body = outer.group(1), ([outer.group(2)] if outer.group(2) else []) + lines[1:]
+    problem = next((i for i, line in enumerate(body) if line.startswith("- Problem with given class_path")), None)
+    if problem is not None and problem + 1 < len(body):
+        inner = re.match(r'Parser key "([^"]+)":\s*(.*)', body[problem + 1])
+        if inner:
+            detail = inner.group(2) or (body[problem + 2] if problem + 2 < len(body) else "")
+            if detail.startswith("Does not validate"):  # an Optional knob: say why its non-None type refused it
+                detail = next((line[2:] for line in body[problem + 2:] if line.startswith("- ")
+                               and "NoneType" not in line), detail)
+            return f"{key}.init_args.{inner.group(1)}: {detail}"
+        return f"{key}.init_args: {body[problem + 1]}"
+    expected = [re.sub(r"<class '([^']+)'>", r"\1", line[len("- Expected a "):]) for line in body
+                if line.startswith("- Expected a ")]
+    given = next((line.split(":", 1)[1].strip() for line in body if line.startswith("Given value:")), None)
+    if expected:
+        return f"{key}: expected {' or '.join(expected)}, got {given}"
+    return f"{key}: {body[0] if body else 'invalid value'}"
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the `lit-finetune` console script."""
     argv = sys.argv[1:] if args is None else args
@@ -209,8 +456,15 @@ def main(args: list[str] | None = None) -> None:
             CLI(EXTRA_COMMANDS[argv[0]], args=argv[1:], as_positional=False, prog=f"lit-finetune {argv[0]}")
         else:
             LitFinetuneCLI(args=args)
-    except LitFinetuneError as err:
-        print(f"lit-finetune: error: {err}", file=sys.stderr)
+    except argparse.ArgumentError as err:
+        error = user_error(err)
+        print(f"lit-finetune: error: {error if error else parse_error_line(str(err))}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as err:
+        error = user_error(err)
+        if error is None:
+            raise
+        print(f"lit-finetune: error: {error}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -136,10 +136,8 @@ def parameter_flags(params: dict) -> list[str]:
 
 
 class _ArgumentCheck(LitFinetuneCLI):
-    """Parses `fit` arguments without building anything, raising instead of exiting: the sweep's up-front check."""
-
-    def init_parser(self, **kwargs):
-        return super().init_parser(exit_on_error=False, **kwargs)
+    """Parses `fit` arguments without building anything, raising instead of exiting (as every LitFinetuneCLI
+    does): the sweep's up-front check."""
 
     def before_instantiate_classes(self) -> None:
         pass

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import wandb
 from jsonargparse import Namespace
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
 from lightning.pytorch.loggers import WandbLogger
 from transformers import pipeline
 
@@ -15,6 +15,7 @@ from lit_finetune import cli
 from lit_finetune.cli import LitFinetuneCLI
 from lit_finetune.errors import ConfigError
 from lit_finetune.training.callbacks import ExportBestModel, PredictionWriter
+from lit_finetune.training.checkpointing import RunCheckpoint
 from lit_finetune.training.loggers import RunCSVLogger
 
 # Strategy fragments (configs/strategies) hold no model class of their own; tests/test_strategy_configs.py composes them.
@@ -26,7 +27,7 @@ def test_every_shipped_config_builds_its_classes(config, tmp_path):
     """Parses against the code's signatures and instantiates (models and data load lazily, so this is offline)."""
     parsed = LitFinetuneCLI(args=["--config", str(config), f"--trainer.default_root_dir={tmp_path}"], run=False)
     callbacks = {type(c) for c in parsed.trainer.callbacks}
-    assert {ModelCheckpoint, LearningRateMonitor, ExportBestModel} <= callbacks
+    assert {RunCheckpoint, LearningRateMonitor, ExportBestModel} <= callbacks
     if config.parent.name == "classification":
         assert {EarlyStopping, PredictionWriter} <= callbacks
     assert [type(lg) for lg in parsed.trainer.loggers] == [RunCSVLogger, WandbLogger]
@@ -124,6 +125,22 @@ def test_secrets_never_reach_run_files(tmp_path, tiny_data, monkeypatch):
     files = [p for p in run_dir.rglob("*") if p.is_file()]
     assert any(p.suffix == ".ckpt" for p in files) and any(p.suffix == ".wandb" for p in files)
     assert all(secret.encode() not in p.read_bytes() for p in files)
+
+
+def test_secrets_in_config_values_reach_no_file_of_the_run(tmp_path, tiny_data):
+    """A secret under a W&B logger's config and in the command line, and credentials in the environment: no file of
+    the run folder holds any of them, W&B's run file, debug log and recorded command line included."""
+    given, env_key, env_token = ("local-given0123456789abcdef", "local-envkey0123456789abcdef0123456789abcd",
+                                 "hf_envtoken0123456789abcdef")
+    run_dir = tmp_path / "run"
+    run_cli("fit", *tiny_args(tiny_data, run_dir, "--trainer.max_epochs=1",
+                              '--trainer.logger.init_args.config={"api_key": "%s", "note": "kept"}' % given),
+            env={"WANDB_MODE": "offline", "WANDB_API_KEY": env_key, "HF_TOKEN": env_token})
+    files = [p for p in run_dir.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".wandb" for p in files) and any(p.name == "debug.log" for p in files)
+    assert any(b"kept" in p.read_bytes() for p in files if p.suffix == ".wandb")  # the config did reach W&B
+    for secret in (given, env_key, env_token):
+        assert not [p for p in files if secret.encode() in p.read_bytes()], secret
 
 
 def test_redact_blanks_secret_looking_keys():

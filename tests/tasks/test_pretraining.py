@@ -177,7 +177,9 @@ def test_electra_trains_and_exports_the_discriminator_for_fine_tuning(corpus_fil
     for part in ("val/generator_loss", "val/discriminator_loss"):  # both parts learn, not only their sum
         assert logged_values(run, part)[-1] < logged_values(run, part)[0], part
     classifier = AutoModelForSequenceClassification.from_pretrained(run / "export", num_labels=2)
-    assert torch.equal(classifier.electra.embeddings.word_embeddings.weight, shared.detach())
+    best = torch.load(cli.trainer.checkpoint_callback.best_model_path, weights_only=True)["state_dict"]
+    assert torch.equal(classifier.electra.embeddings.word_embeddings.weight,  # the export is the best checkpoint's
+                       best["model.electra.embeddings.word_embeddings.weight"])
 
 
 @pytest.mark.parametrize("kind, config, model", [("wordpiece", "mlm.yaml", "tiny:bert"),

@@ -143,6 +143,8 @@ def test_checkpoint_with_other_labels_cannot_resume(tmp_path, tiny_data):
     run("fit", *tiny_args(tiny_data, tmp_path / "run"))
     rows = [{"id": str(i), "text": f"w{i}", "label": "xyz"[i % 3]} for i in range(30)]
     other = {"train": write_rows(tmp_path / "other.csv", rows)}
+    last = str(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    with pytest.raises(ConfigError, match=r"--ckpt_path: .* was trained with other settings \(.*data.train_file: "):
+        run("fit", *tiny_args(other, tmp_path / "run2"), "--ckpt_path", last)
     with pytest.raises(ConfigError, match=r"--ckpt_path: the checkpoint was trained on labels"):
-        run("fit", *tiny_args(other, tmp_path / "run2"), "--ckpt_path",
-            str(tmp_path / "run" / "checkpoints" / "last.ckpt"))
+        run("fit", *tiny_args(other, tmp_path / "run3"), "--ckpt_path", last, "--resume_changes=allow")

@@ -133,7 +133,8 @@ class RunCheckpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
-        bad = non_finite_tensors(trainer.lightning_module.state_dict().items())
+        # This process's parameters (its shard under FSDP): no gathering to check them.
+        bad = non_finite_tensors((n, p.detach()) for n, p in trainer.lightning_module.named_parameters())
         if bad:
             raise NonFiniteError(f"step {trainer.global_step}: the model holds NaN or inf ({len(bad)} tensors, e.g. "
                                  f"{bad[0]}); not writing {filepath}, the earlier checkpoints are kept")

@@ -106,6 +106,21 @@ def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None, check: bool =
     return result
 
 
+def one_line_error(capsys, args: list[str]) -> str:
+    """Run the `lit-finetune` entry point in this process, expecting it to stop with exit code 2 and exactly one
+    ``lit-finetune: error:`` line and no traceback; that line."""
+    import pytest
+
+    from lit_finetune import cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(args)
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("lit-finetune: error: ")]
+    assert exit_info.value.code == 2 and len(errors) == 1 and "Traceback" not in err, err[-3000:]
+    return errors[0]
+
+
 def metrics_rows(run_dir: Path) -> list[dict]:
     """The rows of a run's metrics.csv."""
     return list(csv.DictReader((run_dir / "metrics.csv").open()))

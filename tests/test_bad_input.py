@@ -8,18 +8,8 @@ import re
 
 import pytest
 
-from helpers import REPO, sentiment_rows, tiny_args, write_rows
-from lit_finetune import cli
+from helpers import REPO, one_line_error, sentiment_rows, tiny_args, write_rows
 from lit_finetune.data import TextClassificationDataModule
-
-
-def one_line_error(capsys, args: list[str]) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(args)
-    err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if line.startswith("lit-finetune: error: ")]
-    assert exit_info.value.code == 2 and len(errors) == 1 and "Traceback" not in err, err[-3000:]
-    return errors[0]
 
 
 def fit_args(tiny_data, run_dir, *extra) -> list[str]:

@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import REPO, metrics_rows, run_cli, shell_env, tiny_args
+from helpers import REPO, metrics_rows, one_line_error, run_cli, shell_env, tiny_args
 from lit_finetune import cli
 
 FAULTS_ENV = {"PYTHONPATH": str(REPO / "tests"), "WANDB_MODE": "disabled"}  # tests/faults.py, importable there
@@ -166,16 +166,6 @@ def test_full_disk_keeps_earlier_checkpoints_and_leaves_no_partial_file(tmp_path
     assert record(run_dir)["status"] == "failed"
     assert "Resuming the unfinished run" in run_cli(*args, env=FAULTS_ENV).stderr  # space again: it goes on
     assert ckpt_step(run_dir / "checkpoints" / "last.ckpt") == 24
-
-
-def one_line_error(capsys, args: list[str]) -> str:
-    """The `lit-finetune` command in this process, expected to stop with one line and exit code 2."""
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(args)
-    err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if line.startswith("lit-finetune: error:")]
-    assert exit_info.value.code == 2 and len(errors) == 1 and "Traceback" not in err, err[-3000:]
-    return errors[0]
 
 
 def test_resume_refuses_changed_settings_before_touching_the_run_folder(tmp_path, uninterrupted, capsys):

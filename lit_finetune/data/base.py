@@ -22,38 +22,35 @@ from lit_finetune.errors import ConfigError, DataError
 STAGE_SPLITS = {"fit": ("train", "validation"), "validate": ("validation",), "test": ("test",)}
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    return seed + 1_000_003 * epoch
+class EpochSeeded:
+    """Mixed into a torch or transformers sampler that draws from ``self.generator``: each epoch's order comes from
+    (seed, epoch) alone, so a resumed epoch replays the interrupted one's order. Lightning calls ``set_epoch``."""
+
+    seed: int = 0
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        self.generator.manual_seed(self.seed + 1_000_003 * self.epoch)
+        return super().__iter__()
 
 
-class EpochShuffle(RandomSampler):
-    """A random order drawn from (seed, epoch) alone, so a resumed epoch replays the interrupted one's order."""
+class EpochShuffle(EpochSeeded, RandomSampler):
+    """A random order per epoch (a RandomSampler, so DDP swaps in its DistributedSampler)."""
 
     def __init__(self, data_source, seed: int):
         super().__init__(data_source, generator=torch.Generator())
-        self.seed, self.epoch = seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        self.generator.manual_seed(epoch_seed(self.seed, self.epoch))
-        return super().__iter__()
+        self.seed = seed
 
 
-class EpochLengthGrouped(LengthGroupedSampler):
-    """transformers' length-grouped order, drawn from (seed, epoch) alone like EpochShuffle."""
+class EpochLengthGrouped(EpochSeeded, LengthGroupedSampler):
+    """transformers' length-grouped order per epoch."""
 
     def __init__(self, batch_size: int, lengths: list[int], seed: int):
         super().__init__(batch_size, lengths=lengths, generator=torch.Generator())
-        self.seed, self.epoch = seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        self.generator.manual_seed(epoch_seed(self.seed, self.epoch))
-        return super().__iter__()
+        self.seed = seed
 
 
 class _SkipFirst:

@@ -5,6 +5,7 @@ Our own cache replaces `datasets`' fingerprinting, which cannot hash a method th
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -26,7 +27,14 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 def content_digest(path: str | Path) -> str:
-    """A hash of the file's bytes: a file rewritten with the same size and modification time still changes it."""
+    """A hash of the file's bytes: a file rewritten with the same size and modification time still changes it.
+    Hashed once per process and file version (the change time, which no user sets, is in the key)."""
+    st = os.stat(path)
+    return _digest(str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _digest(path: str, *version) -> str:
     digest = hashlib.blake2b(digest_size=16)
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):

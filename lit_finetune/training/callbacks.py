@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 
+from lit_finetune import run_folder
 from lit_finetune.training.export import export_checkpoint
 
 
@@ -56,8 +57,7 @@ class PredictionWriter(BasePredictionWriter):
         path = self.path(trainer)
         kind = self.format or {".csv": "csv", ".conll": "conll"}.get(path.suffix, "jsonl")
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")  # renamed into place: a crash never leaves half a file
-        with tmp.open("w", newline="", encoding="utf-8") as f:
+        with run_folder.atomic_file(path) as f:  # renamed into place: a crash never leaves half a file
             if kind == "csv":
                 flat = [flatten_row(r) for r in rows]
                 writer = csv.DictWriter(f, fieldnames=list(flat[0]) if flat else ["id"])
@@ -68,7 +68,6 @@ class PredictionWriter(BasePredictionWriter):
                              for r in rows)
             else:
                 f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        tmp.replace(path)
         print(f"Wrote {len(rows)} predictions to {path}")
 
 

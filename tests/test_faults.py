@@ -63,13 +63,6 @@ def final_weights(run_dir: Path) -> dict:
     return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
 
 
-def comparable_rows(run_dir: Path) -> list[dict]:
-    """metrics.csv without the epoch aggregates of training (train/*_epoch, train/acc...), which a mid-epoch resume
-    averages over the batches after it only; every validation row and step row must match exactly."""
-    return [{k: v for k, v in r.items() if not (k.startswith("train/") and not k.endswith("_step"))}
-            for r in metrics_rows(run_dir)]
-
-
 def record(run_dir: Path) -> dict:
     return json.loads((run_dir / "run.json").read_text())
 
@@ -106,7 +99,37 @@ def test_interrupted_preempted_and_killed_run_resumes_exactly_with_the_same_comm
     assert f"Resuming the unfinished run in {run_dir}" in final.stderr and record(run_dir)["status"] == "finished"
     steps = [r["step"] for r in metrics_rows(run_dir) if r.get("val/acc")]
     assert len(steps) == len(set(steps)) == 4  # each validation once
-    assert comparable_rows(run_dir) == comparable_rows(reference)
+    rows, reference_rows = metrics_rows(run_dir), metrics_rows(reference)
+    epoch_aggregates = [r["train/loss_epoch"] for r in reference_rows if r.get("train/loss_epoch")]
+    assert len(epoch_aggregates) == 2 and [r["train/acc"] for r in reference_rows if r.get("train/acc")]
+    assert rows == reference_rows  # every row: steps, validations and the resumed epochs' training aggregates
+    ours, theirs = final_weights(run_dir), final_weights(reference)
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_ddp_run_signalled_on_one_rank_saves_on_both_and_resumes_exactly(tmp_path, uninterrupted):
+    """Under DDP (2 processes, gloo) a SIGTERM that reaches rank 1 only: both ranks save at the same step and stop,
+    the launcher exits 143, and the same command resumes to the weights and metrics of an uninterrupted DDP run
+    (each rank takes back its own share of the epoch's training aggregates)."""
+    data, _ = uninterrupted
+    ddp = ("--trainer.strategy=ddp", "--trainer.devices=2", "--data.init_args.eval_batch_size=4")
+    reference = tmp_path / "reference"
+    run_cli(*fault_args(data, reference, fault_config(tmp_path), *ddp), env=FAULTS_ENV)
+    run_dir, signals = tmp_path / "run", tmp_path / "signals"
+    config = fault_config(signals, {3: "SIGTERM"})
+    settings = json.loads(config.read_text())
+    settings["trainer"]["callbacks"][-1]["init_args"]["rank"] = 1
+    config.write_text(json.dumps(settings))
+    args = fault_args(data, run_dir, config, *ddp)
+    stopped = run_cli(*args, env=FAULTS_ENV, check=False)
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-2000:]
+    assert ckpt_step(run_dir / "checkpoints" / "last.ckpt") == 4
+    assert record(run_dir)["status"] == "preempted" and record(run_dir)["global_step"] == 4
+    assert (signals / "sent-3").read_text() == "SIGTERM"  # the signal was rank 1's, not the launcher's
+    final = run_cli(*args, env=FAULTS_ENV)
+    assert "Resuming the unfinished run" in final.stderr and record(run_dir)["status"] == "finished"
+    rows, reference_rows = metrics_rows(run_dir), metrics_rows(reference)
+    assert len([r for r in rows if r.get("train/loss_epoch")]) == 2 and rows == reference_rows
     ours, theirs = final_weights(run_dir), final_weights(reference)
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from transformers import PreTrainedModel
 
@@ -22,6 +23,7 @@ from lit_finetune.bounds import (
     plain_hparams,
 )
 from lit_finetune.errors import ConfigError
+from lit_finetune.training import epoch_state
 from lit_finetune.training.checkpointing import NonFiniteError, non_finite_tensors, read_checkpoint
 from lit_finetune.training.export import EXPORT_MARKER, atomic_directory
 from lit_finetune.training.layers import parameter_counts
@@ -94,6 +96,8 @@ class TaskModule(pl.LightningModule):
         self.pretrained_weights = True  # False when a checkpoint supplies the weights (no need to read them twice)
         self.bad_steps = 0
         self.resumed_best: torch.Tensor | None = None
+        self.resumed_epoch: list[dict] | None = None  # each process's training aggregates at the checkpoint
+        self.pending_epoch_sums: dict = {}  # Lightning's epoch sums of those, until the resumed run logs the keys
 
     def build_model(self) -> PreTrainedModel:
         """The Hugging Face model for this task; called once, when the Trainer (or a checkpoint) needs it."""
@@ -207,16 +211,34 @@ class TaskModule(pl.LightningModule):
             best.reset()  # forget the sanity check's values
             if self.resumed_best is not None:
                 best.update(self.resumed_best.to(self.device))
-        self.resume_train_loader()
+        if self.resume_train_loader():
+            self.resume_epoch_aggregates()
+        self.resumed_epoch = None
 
-    def resume_train_loader(self) -> None:
+    def resume_train_loader(self) -> bool:
+        """Hand a resumed run's train loader its saved position; True when the run resumes mid-epoch."""
         # Lightning builds the train loader (for estimated_stepping_batches) before it restores a checkpoint, and
-        # so never hands a resumed run's loader its saved position: hand it over here, then start the epoch anew.
+        # so never hands it the position: hand it over here, then start the epoch anew.
         loop = self.trainer.fit_loop
-        if loop._combined_loader_states_to_load and loop._combined_loader is not None:
-            loop._combined_loader._load_state_dicts(loop._combined_loader_states_to_load)
-            loop._combined_loader_states_to_load = []
-            iter(loop._data_fetcher)
+        if not loop._combined_loader_states_to_load or loop._combined_loader is None:
+            return False
+        loop._combined_loader._load_state_dicts(loop._combined_loader_states_to_load)
+        loop._combined_loader_states_to_load = []
+        mid_epoch = any(getattr(loader, "skip", 0) for loader in loop._combined_loader.flattened)
+        iter(loop._data_fetcher)
+        return mid_epoch
+
+    def resume_epoch_aggregates(self) -> None:
+        """Continue the interrupted epoch's training metrics from the checkpoint's aggregates."""
+        own = epoch_state.own_share(self.resumed_epoch, self.global_rank, self.trainer.world_size)
+        if own is not None:
+            epoch_state.restore_metrics(self, own)
+            self.pending_epoch_sums = dict(own["logged"])
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.pending_epoch_sums:
+            self.pending_epoch_sums = epoch_state.merge_logged(self.trainer.fit_loop.epoch_loop._results,
+                                                               self.pending_epoch_sums)
 
     def log_parameter_counts(self) -> None:
         """Print and log (``params/trainable``, ``params/total``) how much of the model trains: freezing, gradual
@@ -231,9 +253,16 @@ class TaskModule(pl.LightningModule):
         best = getattr(self, "best", None)
         if best is not None and best.update_count:
             checkpoint[BEST_KEY] = best.compute().detach().cpu()
+        if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
+            results = self.trainer.fit_loop.epoch_loop._results
+            if self.pending_epoch_sums:  # a save before the resumed run's first step ended
+                self.pending_epoch_sums = epoch_state.merge_logged(results, self.pending_epoch_sums)
+            state = epoch_state.capture(self, results)
+            checkpoint[epoch_state.STATE_KEY] = epoch_state.gather(state, self.trainer.world_size)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.resumed_best = checkpoint.get(BEST_KEY)
+        self.resumed_epoch = checkpoint.get(epoch_state.STATE_KEY)
         self.configure_model()  # `load_from_checkpoint` never calls it, and the weights need somewhere to go
 
     def export(self, output_dir: str | Path) -> Path:

@@ -10,7 +10,7 @@ from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassificatio
 
 import wandb
 
-from helpers import REPO, logged_values, run_cli, tiny_args, wandb_records
+from helpers import REPO, logged_values, metrics_rows, run_cli, tiny_args, wandb_records
 from lit_finetune import backbones
 from lit_finetune.cli import LitFinetuneCLI
 from lit_finetune.errors import ConfigError
@@ -215,3 +215,44 @@ def test_causal_lm_refuses_encoders_before_reading_weights(backbone):
     with pytest.raises(ConfigError, match="causal language modeling needs a decoder-only model"):
         module.configure_model()
     assert module.model is None
+
+
+@pytest.mark.parametrize("config, extra", [("mlm.yaml", ("--model.init_args.model_name_or_path=tiny:bert",
+                                                         "--model.init_args.whole_word_mask=true")),
+                                           ("electra.yaml", ())])
+def test_pretraining_resumed_mid_epoch_draws_the_same_masks_and_ends_where_an_uninterrupted_run_does(
+        config, extra, corpus_file, tmp_path):
+    """Masks, random replacements and ELECTRA's sampled tokens come from the per-step seed: a run preempted
+    mid-epoch (SIGTERM, in this process) and resumed by the same command ends with the uninterrupted run's weights
+    and metrics, the interrupted epoch's training aggregates included."""
+    def callbacks(folder, signals=None):
+        listed = [{"class_path": "lit_finetune.training.checkpointing.RunCheckpoint",
+                   "init_args": {"monitor": "val/loss", "mode": "min", "save_top_k": 1}}]
+        if signals:
+            listed.append({"class_path": "faults.SignalAt", "init_args": {"signals": signals,
+                                                                          "state_dir": str(folder)}})
+        path = folder / "callbacks.yaml"
+        path.write_text(json.dumps({"trainer": {"callbacks": listed}}))
+        return f"--config={path}"
+
+    def run(run_dir, *more):
+        return pretrain_args(config, corpus_file, run_dir, *extra, "--trainer.max_epochs=2",
+                             "--trainer.val_check_interval=0.5", "--trainer.enable_progress_bar=false", *more)
+
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    LitFinetuneCLI(args=["fit", *run(reference, callbacks(reference))])
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    args = ["fit", *run(resumed, callbacks(resumed, {5: "SIGTERM"}))]
+    with pytest.raises(SystemExit) as stopped:
+        LitFinetuneCLI(args=args)
+    assert stopped.value.code == 143
+    assert torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
+    LitFinetuneCLI(args=args)
+    assert json.loads((resumed / "run.json").read_text())["status"] == "finished"
+    rows, reference_rows = metrics_rows(resumed), metrics_rows(reference)
+    assert len([r for r in reference_rows if r.get("train/loss_epoch")]) == 2 and rows == reference_rows
+    ours = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    theirs = torch.load(reference / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)

@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 quickstart: setup
-	$(OFFLINE) $(BIN)/python -m lit_finetune.data.synthetic --output_dir $(QUICKSTART_DIR)/data
+	$(OFFLINE) $(BIN)/lit-finetune quickstart-data --output_dir $(QUICKSTART_DIR)/data
 	$(OFFLINE) $(BIN)/lit-finetune fit --config configs/classification/quickstart.yaml
 
 # Tests run on TEST_WORKERS processes of one torch thread each: tiny models gain nothing from more threads, and the

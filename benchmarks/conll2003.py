@@ -24,7 +24,16 @@ import os
 from datetime import datetime
 from pathlib import Path
 
-from common import (emit_result, hf_clock, lightning_clock, machine_line, minilm_path, new_report, run_child, write_report)
+from common import (
+    emit_result,
+    hf_clock,
+    lightning_clock,
+    machine_line,
+    minilm_path,
+    new_report,
+    run_child,
+    write_report,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).resolve().relative_to(REPO)
@@ -41,7 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", default=None, help="comma-separated seeds, each system run once per seed "
                         "(default: the config's seed_everything)")
     parser.add_argument("--output", default="runs/benchmarks/conll2003.json", help="JSON report")
-    parser.add_argument("--run_dir", default=None, help="run folders (default runs/benchmarks/conll2003-<time>/<system>)")
+    parser.add_argument("--run_dir", default=None,
+                        help="run folders (default runs/benchmarks/conll2003-<time>/<system>)")
     parser.add_argument("--run", choices=sorted(SYSTEMS), help=argparse.SUPPRESS)  # child mode
     parser.add_argument("--seed", type=int, default=None, help=argparse.SUPPRESS)  # child mode
     args = parser.parse_args(argv)
@@ -68,7 +78,8 @@ def recipe(args: argparse.Namespace) -> dict:
 
 def run_lit(args: argparse.Namespace, hp: dict) -> None:
     """lit_finetune through its real CLI and the shipped config; only the data source and folders change."""
-    from lit_finetune.cli import LitFinetuneCLI, default_wandb_mode
+    from lit_finetune.commands import default_wandb_mode
+    from lit_finetune.commands.fit import LitFinetuneCLI
 
     LitStepClock = lightning_clock()
     default_wandb_mode()
@@ -111,8 +122,14 @@ def run_hf(args: argparse.Namespace, hp: dict) -> None:
     import numpy as np
     from datasets import Dataset
     from seqeval.metrics import classification_report
-    from transformers import (AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification,
-                              Trainer, TrainingArguments, set_seed)
+    from transformers import (
+        AutoModelForTokenClassification,
+        AutoTokenizer,
+        DataCollatorForTokenClassification,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     train_words, train_tags = read_conll(DATA / "train.txt", args.max_train_examples)
@@ -226,8 +243,9 @@ def main() -> None:
         hf = summary["hf"]
         for system in ("lit", "lit_crf"):
             if system in summary:
-                ratios[f"test F1 {system} - HF (mean over seeds)"] = summary[system]["test_f1_mean"] - hf["test_f1_mean"]
-                ratios[f"dev F1 {system} - HF (mean over seeds)"] = summary[system]["dev_f1_mean"] - hf["dev_f1_mean"]
+                for split in ("test", "dev"):
+                    ratios[f"{split} F1 {system} - HF (mean over seeds)"] = (summary[system][f"{split}_f1_mean"]
+                                                                             - hf[f"{split}_f1_mean"])
                 ratios[f"samples/s {system}/HF"] = summary[system]["samples_per_s_mean"] / hf["samples_per_s_mean"]
                 ratios[f"peak RSS {system}/HF"] = summary[system]["peak_rss_mib_mean"] / hf["peak_rss_mib_mean"]
     report = new_report(SCRIPT, recipe=hp, seeds=args.seeds, data=str(DATA), run_dir=str(run_dir), results=rows,

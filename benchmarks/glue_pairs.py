@@ -54,7 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=1, help="training epochs per task (the configs ship 3)")
     parser.add_argument("--max_train_examples", type=int, default=None, help="first N training rows (smoke runs)")
     parser.add_argument("--output", default="runs/benchmarks/glue_pairs.json", help="JSON report")
-    parser.add_argument("--run_dir", default=None, help="run folders (default runs/benchmarks/glue_pairs-<time>/<task>)")
+    parser.add_argument("--run_dir", default=None,
+                        help="run folders (default runs/benchmarks/glue_pairs-<time>/<task>)")
     parser.add_argument("--run", choices=sorted(TASKS), help=argparse.SUPPRESS)  # child mode
     args = parser.parse_args(argv)
     args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -93,7 +94,8 @@ def dev_scores(task: str, predictions: list[dict], gold: list, id2label: dict | 
 
 
 def run_task(args: argparse.Namespace) -> None:
-    from lit_finetune.cli import LitFinetuneCLI, default_wandb_mode
+    from lit_finetune.commands import default_wandb_mode
+    from lit_finetune.commands.fit import LitFinetuneCLI
 
     task, data = args.run, DATA / args.run
     LitStepClock = lightning_clock()

@@ -86,7 +86,8 @@ def main() -> None:
     import torch
     from lightning.pytorch.callbacks import Timer
 
-    from lit_finetune.cli import LitFinetuneCLI, default_wandb_mode
+    from lit_finetune.commands import default_wandb_mode
+    from lit_finetune.commands.fit import LitFinetuneCLI
     from lit_finetune.data.seq2seq import read_lines
 
     default_wandb_mode()  # as the `lit-finetune` command does
@@ -105,7 +106,7 @@ def main() -> None:
         f"--trainer.limit_val_batches={args.limit_val_batches}",
         f"--trainer.limit_predict_batches={args.limit_val_batches}",
         f"--trainer.default_root_dir={run_dir / 'run'}",
-        "--trainer.callbacks+=lit_finetune.training.callbacks.Throughput",
+        "--trainer.callbacks+=lit_finetune.callbacks.Throughput",
     ]
     if args.learning_rate is not None:
         overrides.append(f"--model.init_args.learning_rate={args.learning_rate}")

@@ -28,7 +28,7 @@ def run(tree: Path, out: Path, examples: int) -> dict:
             f"--data.init_args.train_file={SST2 / 'train.tsv'}", f"--data.init_args.validation_file={SST2 / 'dev.tsv'}",
             "--data.init_args.label_names=[negative, positive]", f"--data.init_args.max_train_examples={examples}",
             "--trainer.max_epochs=1", "--trainer.logger=lit_finetune.training.loggers.RunCSVLogger",
-            "--trainer.enable_progress_bar=false", "--trainer.callbacks+=lit_finetune.training.callbacks.Throughput",
+            "--trainer.enable_progress_bar=false", "--trainer.callbacks+=lit_finetune.callbacks.Throughput",
             f"--trainer.default_root_dir={out}"]
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "lit_finetune", *args], cwd=tree, check=True, capture_output=True)

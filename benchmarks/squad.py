@@ -27,7 +27,16 @@ import os
 from datetime import datetime
 from pathlib import Path
 
-from common import (emit_result, hf_clock, lightning_clock, machine_line, minilm_path, new_report, run_child, write_report)
+from common import (
+    emit_result,
+    hf_clock,
+    lightning_clock,
+    machine_line,
+    minilm_path,
+    new_report,
+    run_child,
+    write_report,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).resolve().relative_to(REPO)
@@ -111,7 +120,8 @@ def trained_windows(clock, windows: int, batch_size: int) -> int:
 
 def run_lit(args: argparse.Namespace, hp: dict, data: Path) -> None:
     """lit_finetune through its real CLI and the shipped config; only the data, limits and folders change."""
-    from lit_finetune.cli import LitFinetuneCLI, default_wandb_mode
+    from lit_finetune.commands import default_wandb_mode
+    from lit_finetune.commands.fit import LitFinetuneCLI
 
     LitStepClock = lightning_clock()
     default_wandb_mode()
@@ -137,8 +147,14 @@ def run_hf(args: argparse.Namespace, hp: dict, data: Path) -> None:
     import numpy as np
     from datasets import Dataset
     from torchmetrics.functional.text import squad
-    from transformers import (AutoModelForQuestionAnswering, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                              TrainingArguments, set_seed)
+    from transformers import (
+        AutoModelForQuestionAnswering,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
 

@@ -24,7 +24,17 @@ import os
 from datetime import datetime
 from pathlib import Path
 
-from common import (StepClock, emit_result, hf_clock, lightning_clock, machine_line, minilm_path, new_report, run_child, write_report)
+from common import (
+    StepClock,
+    emit_result,
+    hf_clock,
+    lightning_clock,
+    machine_line,
+    minilm_path,
+    new_report,
+    run_child,
+    write_report,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).resolve().relative_to(REPO)
@@ -80,7 +90,8 @@ def finish(system: str, clock: StepClock, train_examples: int, epochs: int, dev_
 
 def run_lit(args: argparse.Namespace, hp: dict) -> None:
     """lit_finetune through its real CLI and the shipped SST-2 config; only the data source and folders change."""
-    from lit_finetune.cli import LitFinetuneCLI, default_wandb_mode
+    from lit_finetune.commands import default_wandb_mode
+    from lit_finetune.commands.fit import LitFinetuneCLI
 
     LitStepClock = lightning_clock()  # the CLI instantiates it from its class path
     default_wandb_mode()  # as the `lit-finetune` command does
@@ -109,8 +120,14 @@ def run_hf(args: argparse.Namespace, hp: dict) -> None:
     """The plain transformers recipe a user would write: Trainer defaults wherever they already match the config."""
     import numpy as np
     from datasets import Dataset
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                              TrainingArguments, set_seed)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
 

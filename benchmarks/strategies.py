@@ -37,7 +37,7 @@ LOCAL_DATA = ["--data.init_args.dataset_name=null", "--data.init_args.dataset_co
               "--data.init_args.id_column=null", f"--data.init_args.train_file={SST2 / 'train.tsv'}",
               f"--data.init_args.validation_file={SST2 / 'dev.tsv'}",
               "--data.init_args.label_names=[negative, positive]"]
-MEASURED = "--trainer.callbacks+=lit_finetune.training.callbacks.Throughput"
+MEASURED = "--trainer.callbacks+=lit_finetune.callbacks.Throughput"
 
 
 def parse_args() -> argparse.Namespace:
@@ -61,7 +61,7 @@ def fit(run_dir: Path, budget: list[str], *configs_and_args: str) -> dict:
 
 
 def summary(run_dir: Path) -> dict:
-    from lit_finetune.compare import Run
+    from lit_finetune.commands.compare import Run
 
     run = Run.read(run_dir)
     last = {key: (run.curve(key) or [(None, None, None)])[-1][2]
@@ -128,7 +128,7 @@ def main() -> None:
                                  "--model.init_args.teacher=null"),
     }
     pruning = fit(out / "pruned", budget, "--config", "configs/strategies/pruning.yaml")
-    from lit_finetune.compare import Run
+    from lit_finetune.commands.compare import Run
 
     pruning["sparsity"] = Run.read(out / "pruned").curve("pruning/sparsity")[-1][2]
     deployed = {"full fine-tuning": deploy(teacher, out / "deploy-full"),

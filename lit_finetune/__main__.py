@@ -1,3 +1,3 @@
-from lit_finetune.cli import main
+from lit_finetune.commands import main
 
 main()

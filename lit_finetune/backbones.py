@@ -81,7 +81,7 @@ def packaged_smollm2_path() -> str | None:
     gguf = Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF if spec and spec.submodule_search_locations else None
     if gguf is None or not gguf.is_file():
         return None
-    from lit_finetune.data import cache
+    from lit_finetune import cache
 
     root = Path(os.environ.get("LIT_FINETUNE_MODEL_CACHE") or cache.default_cache_dir() / "models")
     target = cache.cache_path(root, "smollm2", cache.file_signatures({"gguf": str(gguf)}))
@@ -104,7 +104,7 @@ def convert_gguf(gguf: Path, output_dir: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from lit_finetune.training.export import atomic_directory
+    from lit_finetune.io import atomic_directory
 
     print(f"Converting {gguf.name} to a Hugging Face folder (once): {output_dir}", flush=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -199,9 +199,10 @@ def load_model(model_name_or_path: str, auto_class, trust_remote_code: bool = Fa
         sizes, model_type = preset(source)
         tokenizer = load_tokenizer(model_name_or_path, tokenizer_name_or_path=tokenizer_name_or_path)
         # The tokenizer's own ids, not the model type's defaults (GPT-2's 50256 is outside a small vocabulary).
+        bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
         ids = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                   bos_token_id=tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id,
-                   eos_token_id=tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id)
+                   bos_token_id=bos if bos is not None else tokenizer.cls_token_id,
+                   eos_token_id=eos if eos is not None else tokenizer.sep_token_id)
         settings = {**sizes, **ids, **encoder_decoder_sizes(model_type, sizes, ids), **config_overrides}
         return from_config(auto_class, AutoConfig.for_model(model_type, **settings))
     if not pretrained:

@@ -4,7 +4,6 @@ batch size of 0 is refused with its key named before anything is built."""
 from __future__ import annotations
 
 from jsonargparse.typing import ClosedUnitInterval as Probability  # in [0, 1]
-from jsonargparse.typing import OpenUnitInterval as OpenFraction  # in (0, 1): neither nothing nor everything
 from jsonargparse.typing import (
     NonNegativeFloat,
     NonNegativeInt,
@@ -12,6 +11,7 @@ from jsonargparse.typing import (
     PositiveInt,
     restricted_number_type,
 )
+from jsonargparse.typing import OpenUnitInterval as OpenFraction  # in (0, 1): neither nothing nor everything
 
 Fraction = restricted_number_type("Fraction", float, [(">=", 0), ("<", 1)])
 """In [0, 1): dropout, label smoothing."""

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import wandb
-
 from helpers import OFFLINE_ENV, tiny_splits
 
 

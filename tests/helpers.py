@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "configs" / "classification" / "quickstart.yaml"
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -109,12 +111,10 @@ def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None, check: bool =
 def one_line_error(capsys, args: list[str]) -> str:
     """Run the `lit-finetune` entry point in this process, expecting it to stop with exit code 2 and exactly one
     ``lit-finetune: error:`` line and no traceback; that line."""
-    import pytest
-
-    from lit_finetune import cli
+    from lit_finetune import commands
 
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(args)
+        commands.main(args)
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("lit-finetune: error: ")]
     assert exit_info.value.code == 2 and len(errors) == 1 and "Traceback" not in err, err[-3000:]
@@ -170,3 +170,32 @@ def parse_wandb_file(data: bytes) -> list:
             records.append(record)
             pending = b""
     return records
+
+
+# A pinned-loss run: seeded, fp32 on CPU, four optimizer steps, nothing but the steps (no validation, checkpoint,
+# export or other callback), each step's loss in metrics.csv.
+PINNED_RUN = ("--seed_everything=42", "--trainer.max_steps=4", "--trainer.max_epochs=-1", "--trainer.log_every_n_steps=1",
+              "--trainer.limit_val_batches=0", "--trainer.num_sanity_val_steps=0", "--trainer.enable_checkpointing=false",
+              "--trainer.callbacks=[]", "--trainer.logger=lit_finetune.training.loggers.RunCSVLogger",
+              "--trainer.precision=32-true", "--trainer.accelerator=cpu", "--trainer.devices=1",
+              "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false")
+
+
+def step_losses(run_dir: Path) -> list[float]:
+    """Each training step's loss as logged: ``train/loss_step`` (tasks that also log an epoch mean) or ``train/loss``."""
+    return logged_values(run_dir, "train/loss_step") or logged_values(run_dir, "train/loss")
+
+
+def first_losses(run_dir: Path, *args: str) -> list[float]:
+    """The first four step losses of `lit-finetune fit` with `args`, run in this process as a pinned-loss run."""
+    from lit_finetune.commands.fit import LitFinetuneCLI
+
+    LitFinetuneCLI(args=["fit", *args, f"--trainer.default_root_dir={run_dir}", *PINNED_RUN])
+    return step_losses(run_dir)
+
+
+def assert_pinned(losses: list[float], pinned: list[float]) -> None:
+    """The loss math is unchanged: the first four step losses within 1e-4 of the pinned ones. Change the pinned
+    values only on purpose, in the commit that changes the loss (and say why there)."""
+    assert len(losses) == 4, losses
+    assert losses == pytest.approx(pinned, abs=1e-4), f"first four step losses {losses}, pinned {pinned}"

@@ -7,8 +7,8 @@ import os
 import re
 
 import pytest
-
 from helpers import REPO, one_line_error, sentiment_rows, tiny_args, write_rows
+
 from lit_finetune.data import TextClassificationDataModule
 
 

@@ -1,21 +1,23 @@
 """The `lit-finetune` command as users run it: shipped configs, help, errors, and a whole fit/predict/export cycle."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
+import torch
 import wandb
+from helpers import REPO, logged_values, metrics_rows, run_cli, tiny_args, wandb_records
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
 from lightning.pytorch.loggers import WandbLogger
 from transformers import pipeline
 
-from helpers import wandb_records, REPO, logged_values, metrics_rows, run_cli, tiny_args
-from lit_finetune import cli
-from lit_finetune.cli import LitFinetuneCLI
+from lit_finetune import commands
+from lit_finetune.callbacks import ExportBestModel, PredictionWriter, RunCheckpoint
+from lit_finetune.commands import fit as cli
+from lit_finetune.commands.fit import LitFinetuneCLI
 from lit_finetune.errors import ConfigError
-from lit_finetune.training.callbacks import ExportBestModel, PredictionWriter
-from lit_finetune.training.checkpointing import RunCheckpoint
 from lit_finetune.training.loggers import RunCSVLogger
 
 # Strategy fragments (configs/strategies) hold no model class of their own; tests/test_strategy_configs.py composes them.
@@ -33,6 +35,18 @@ def test_every_shipped_config_builds_its_classes(config, tmp_path):
     assert [type(lg) for lg in parsed.trainer.loggers] == [RunCSVLogger, WandbLogger]
     assert Path(parsed.trainer.log_dir) == tmp_path  # everything of a run lands in one folder
     assert parsed.datamodule.hparams.model_name_or_path == parsed.model.hparams.model_name_or_path
+
+
+def test_top_level_help_lists_every_command_and_each_command_has_its_own(tmp_path):
+    result = run_cli("--help")
+    listed = [line.split()[0] for line in result.stdout.splitlines() if line.startswith("  ")]
+    assert listed == list(commands.COMMANDS) and len(listed) == 10
+    for name, command in commands.COMMANDS.items():
+        assert f"  {name:<15}  {command.summary}" in result.stdout  # one whole line each
+    unknown = run_cli("fits", check=False)
+    assert unknown.returncode == 2 and "unknown command 'fits'" in unknown.stderr and "Traceback" not in unknown.stderr
+    written = run_cli("quickstart-data", f"--output_dir={tmp_path}", "--seed=1")
+    assert "train:" in written.stdout and (tmp_path / "train.csv").is_file()
 
 
 def test_help_documents_each_knob():
@@ -134,7 +148,7 @@ def test_secrets_in_config_values_reach_no_file_of_the_run(tmp_path, tiny_data):
                                  "hf_envtoken0123456789abcdef")
     run_dir = tmp_path / "run"
     run_cli("fit", *tiny_args(tiny_data, run_dir, "--trainer.max_epochs=1",
-                              '--trainer.logger.init_args.config={"api_key": "%s", "note": "kept"}' % given),
+                              f'--trainer.logger.init_args.config={{"api_key": "{given}", "note": "kept"}}'),
             env={"WANDB_MODE": "offline", "WANDB_API_KEY": env_key, "HF_TOKEN": env_token})
     files = [p for p in run_dir.rglob("*") if p.is_file()]
     assert any(p.suffix == ".wandb" for p in files) and any(p.name == "debug.log" for p in files)
@@ -158,16 +172,16 @@ def test_wandb_goes_offline_without_credentials_and_respects_wandb_mode(monkeypa
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("NETRC", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    cli.default_wandb_mode()
-    assert cli.os.environ["WANDB_MODE"] == "offline"
+    commands.default_wandb_mode()
+    assert os.environ["WANDB_MODE"] == "offline"
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    cli.default_wandb_mode()
-    assert cli.os.environ["WANDB_MODE"] == "disabled"
+    commands.default_wandb_mode()
+    assert os.environ["WANDB_MODE"] == "disabled"
     monkeypatch.delenv("WANDB_MODE")
     (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password x\n")
     (tmp_path / ".netrc").chmod(0o600)
-    cli.default_wandb_mode()
-    assert "WANDB_MODE" not in cli.os.environ
+    commands.default_wandb_mode()
+    assert "WANDB_MODE" not in os.environ
 
 
 def test_wandb_run_gets_sweep_style_keys_and_best_values(tmp_path, tiny_data):
@@ -182,6 +196,15 @@ def test_wandb_run_gets_sweep_style_keys_and_best_values(tmp_path, tiny_data):
     losses = logged_values(run_dir, "train/loss_step")
     assert dict(run.summary["train/loss_step"]) == {"min": pytest.approx(min(losses))} and min(losses) != losses[-1]
     assert dict(run.summary["val/acc"]) == {"max": pytest.approx(max(logged_values(run_dir, "val/acc")))}
+    wandb.finish()
+    # What W&B stores (and the runs table shows): each knob once, by its dotted key.
+    keys = {item.key or ".".join(item.nested_key) for r in wandb_records(run_dir)
+            for item in (r.config.update if r.WhichOneof("record_type") == "config" else
+                         r.run.config.update if r.WhichOneof("record_type") == "run" else [])}
+    keys = {k for k in keys if not k.startswith("_wandb")}
+    assert {"model.learning_rate", "data.batch_size", "model.model_name_or_path"} <= keys
+    bare = {k for k in keys if "." not in k} & {k.rpartition(".")[2] for k in keys if "." in k}
+    assert not bare and "_instantiator" not in keys, sorted(bare)
 
 
 def test_log_model_logs_checkpoints_and_the_export_as_wandb_artifacts(tmp_path, tiny_data):
@@ -206,6 +229,8 @@ def test_resuming_in_the_run_folder_continues_the_wandb_run(tmp_path, tiny_data)
     LitFinetuneCLI(args=["fit", *tiny_args(tiny_data, run_dir, "--trainer.max_epochs=1")])
     first_id = wandb.run.id
     wandb.finish()
+    # The id travels in the checkpoint, so a resume from any folder continues the same W&B run.
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["wandb_run_id"] == first_id
     LitFinetuneCLI(args=["fit", *tiny_args(tiny_data, run_dir, "--trainer.max_epochs=2"),
                          "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt")])
     assert wandb.run.id == first_id
@@ -214,10 +239,3 @@ def test_resuming_in_the_run_folder_continues_the_wandb_run(tmp_path, tiny_data)
     assert {p.stem[len("run-"):] for p in (run_dir / "wandb").glob("offline-run-*/run-*.wandb")} == {first_id}
 
 
-def test_previous_wandb_run_id_ignores_same_second_folder_suffix(tmp_path):
-    run = tmp_path / "wandb" / "offline-run-20261122_193012-abc123-1"
-    run.mkdir(parents=True)
-    (run / "run-abc123.wandb").write_bytes(b"")
-    (tmp_path / "wandb" / "latest-run").symlink_to(run.name)
-    assert cli.previous_wandb_run_id(str(tmp_path)) == "abc123"
-    assert cli.previous_wandb_run_id(str(tmp_path / "elsewhere")) is None

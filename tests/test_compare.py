@@ -3,10 +3,10 @@
 import csv
 
 import pytest
-
 from helpers import logged_values, run_cli, tiny_args
-from lit_finetune import compare
-from lit_finetune.cli import LitFinetuneCLI
+
+from lit_finetune.commands import compare
+from lit_finetune.commands.fit import LitFinetuneCLI
 from lit_finetune.errors import ConfigError
 
 

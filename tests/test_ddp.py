@@ -3,9 +3,9 @@
 import json
 
 import pytest
-
 from helpers import metrics_rows, run_cli, tiny_args
-from lit_finetune.cli import LitFinetuneCLI
+
+from lit_finetune.commands.fit import LitFinetuneCLI
 
 
 @pytest.mark.slow

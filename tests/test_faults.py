@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO, metrics_rows, one_line_error, run_cli, shell_env, tiny_args
 from safetensors.torch import load_file
 
-from helpers import REPO, metrics_rows, one_line_error, run_cli, shell_env, tiny_args
-from lit_finetune import cli
+from lit_finetune import commands
 
 FAULTS_ENV = {"PYTHONPATH": str(REPO / "tests"), "WANDB_MODE": "disabled"}  # tests/faults.py, importable there
 # On one test worker: the uninterrupted reference run is then made once.
@@ -31,10 +31,10 @@ def fault_config(folder: Path, signals: dict[int, str] | None = None, early_stop
     """Callbacks of a fault run: RunCheckpoint with last.ckpt every 3 steps, the export, early stopping, and real
     signals the process sends itself at chosen steps (each once: the same command run again goes on)."""
     callbacks = [
-        {"class_path": "lit_finetune.training.checkpointing.RunCheckpoint",
+        {"class_path": "lit_finetune.callbacks.RunCheckpoint",
          "init_args": {"monitor": "val/acc", "mode": "max", "save_top_k": 1, "last_every_n_steps": 3,
                        "filename": "best-step{step}", "auto_insert_metric_name": False}},
-        {"class_path": "lit_finetune.training.callbacks.ExportBestModel"},
+        {"class_path": "lit_finetune.callbacks.ExportBestModel"},
     ]
     if early_stopping:
         callbacks.append({"class_path": "lightning.pytorch.callbacks.EarlyStopping",
@@ -279,7 +279,7 @@ def test_export_replaces_only_an_earlier_export_and_follows_the_umask(uninterrup
     previous = os.umask(0o022)
     try:
         for _ in range(2):  # the second replaces the first
-            cli.main(["export", "--ckpt_path", last, "--output_dir", str(out)])
+            commands.main(["export", "--ckpt_path", last, "--output_dir", str(out)])
     finally:
         os.umask(previous)
     assert (out / "model.safetensors").stat().st_mode & 0o777 == 0o644

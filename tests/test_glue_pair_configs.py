@@ -6,9 +6,9 @@ import shlex
 
 import pytest
 import torch
-
 from helpers import REPO, logged_values
-from lit_finetune.cli import LitFinetuneCLI
+
+from lit_finetune.commands.fit import LitFinetuneCLI
 
 WORDS = ["a", "man", "said", "the", "plane", '"quoted', "takes", "off", "company's", "growth"]
 
@@ -70,7 +70,8 @@ def test_documented_local_override_trains(tmp_path, task, metric, id2label):
     dm = cli.datamodule
     assert (len(dm.splits["train"]), len(dm.splits["validation"])) == (24, 12)  # quotes did not merge rows
     assert cli.trainer.global_step == 3 and cli.model.model.config.id2label == id2label
-    assert torch.isfinite(torch.tensor(logged_values(run_dir, metric))).all()
+    values = logged_values(run_dir, metric)
+    assert len(values) == 1 and torch.isfinite(torch.tensor(values)).all()  # one validation, at the epoch's end
     monitor = "val/spearman" if task == "stsb" else "val/acc"
     assert cli.trainer.checkpoint_callback.monitor == monitor and f"{monitor}_best" in cli.trainer.callback_metrics
     if task == "stsb":

@@ -4,9 +4,9 @@ dataset's splits, columns and features (ClassLabel tag names, -1 test labels, ch
 `dataset_name`: the same `load_dataset` path, so the configs' column settings are checked against the real schema."""
 
 import datasets
-
 from helpers import REPO, logged_values
-from lit_finetune.cli import LitFinetuneCLI
+
+from lit_finetune.commands.fit import LitFinetuneCLI
 
 CONLL_TAGS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]  # eriktks/conll2003
 SHORT = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",

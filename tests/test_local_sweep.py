@@ -10,9 +10,9 @@ import time
 import pytest
 import wandb
 import yaml
-
 from helpers import QUICKSTART, REPO, logged_values, run_cli, shell_env, wandb_records
-from lit_finetune import compare, sweep
+
+from lit_finetune.commands import compare, sweep
 from lit_finetune.errors import ConfigError
 
 

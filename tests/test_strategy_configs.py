@@ -2,9 +2,9 @@
 CoNLL-2003 NER) by a second --config, and trains a few steps that way, with tiny models and local data."""
 
 import pytest
-
 from helpers import REPO, entity_sentences, tiny_args, tiny_splits, write_conll
-from lit_finetune.cli import LitFinetuneCLI
+
+from lit_finetune.commands.fit import LitFinetuneCLI
 from lit_finetune.training.layers import parameter_counts
 
 STRATEGIES = sorted((REPO / "configs" / "strategies").glob("*.yaml"))

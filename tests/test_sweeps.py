@@ -2,10 +2,10 @@
 
 import pytest
 import yaml
+from helpers import REPO, write_rows
 from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
 
-from helpers import REPO, write_rows
-from lit_finetune.cli import LitFinetuneCLI
+from lit_finetune.commands.fit import LitFinetuneCLI
 from lit_finetune.data.tokenizer_training import train_tokenizer
 
 SWEEPS = sorted((REPO / "sweeps").glob("*.yaml"))

@@ -14,9 +14,9 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, RandomSampler
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from lit_finetune import backbones
+from lit_finetune import backbones, cache
 from lit_finetune.bounds import NonNegativeInt, PositiveInt, plain_hparams
-from lit_finetune.data import cache, readers
+from lit_finetune.data import readers
 from lit_finetune.errors import ConfigError, DataError
 
 STAGE_SPLITS = {"fit": ("train", "validation"), "validate": ("validation",), "test": ("test",)}
@@ -105,9 +105,19 @@ class ResumableLoader(DataLoader):
             self._skipping = 0
 
 
+# Settings that change how tokenized data is batched, loaded or found, not what it holds (the tokenizer is keyed by
+# its fingerprint, not its name).
+NOT_IN_CACHE_KEY = ("batch_size", "eval_batch_size", "num_workers", "cache_dir", "model_name_or_path",
+                    "tokenizer_name_or_path", "trust_remote_code")
+
+
 class TokenizedDataModule(pl.LightningDataModule):
-    """Base of the data modules: each tokenizes once in ``prepare_data`` into ``cache_path()``, loads it in ``setup``
-    (``load_splits``) and batches it with its ``collator()``."""
+    """Base of the data modules: tokenize once into a cache, load it, batch it.
+
+    Base of the data modules: ``prepare_data`` tokenizes once (the subclass's ``build_splits``) into the cache,
+    ``setup`` loads it (``load_splits``) and its ``collator()`` batches it."""
+
+    cache_family = "data"  # the cache's folder for this kind of data; each data module names its own
 
     def __init__(
         self,
@@ -130,13 +140,52 @@ class TokenizedDataModule(pl.LightningDataModule):
             tokenizer_name_or_path: Tokenizer when it is not the backbone's own (linked from the model's setting).
         """
         super().__init__()
-        self.save_hyperparameters()  # with every subclass's own arguments
+        self.save_hyperparameters(logger=False)  # every subclass's arguments; W&B gets them from RunConfig
         plain_hparams(self)
         self.eval_batch_size = eval_batch_size or 2 * batch_size
         self.cache_root = Path(cache_dir).expanduser() if cache_dir else cache.default_cache_dir()
         self.tokenizer = backbones.load_tokenizer(model_name_or_path, trust_remote_code, tokenizer_name_or_path)
         self.tokenizer_fingerprint = cache.tokenizer_fingerprint(self.tokenizer)
         self.splits: datasets.DatasetDict | None = None
+
+    # ----------------------------------------------------------------------------------------------------------- #
+    # Tokenizing once (local rank 0)
+
+    def prepare_data(self) -> None:
+        """Read, check and tokenize every split once into the cache folder that ``setup`` loads; nothing to do when
+        the cache holds them already."""
+        target = self.cache_path()
+        if cache.is_cached(target):
+            return
+        splits, meta = self.build_splits(target.name)
+        splits = datasets.DatasetDict(splits)
+        meta = {**meta, "sizes": {split: len(ds) for split, ds in splits.items()},
+                "tokenized_by_rank": int(os.environ.get("LOCAL_RANK", 0)), "pid": os.getpid()}
+        cache.save(splits, meta, target)
+        print(f"{self.summary(meta)}; cached in {target}", flush=True)
+
+    def build_splits(self, fingerprint: str) -> tuple[dict, dict]:
+        """The tokenized splits (split -> Dataset) and what the cache keeps beside them (read back by ``setup``);
+        `fingerprint` names the cache entry, for the fingerprints of ``datasets``' own maps."""
+        raise NotImplementedError
+
+    def summary(self, meta: dict) -> str:
+        """The line printed once the splits are cached."""
+        return f"Tokenized {meta['sizes']} examples"
+
+    def source_files(self) -> dict[str, str]:
+        """The local files the data comes from (split -> path), whose contents key the cache."""
+        return getattr(self, "files", {})
+
+    def cache_key(self) -> dict:
+        """Everything the tokenized data depends on: every setting but batch sizes, workers and cache location, the
+        input files' contents and the tokenizer's fingerprint. Derived, not listed, so a new knob is never missed."""
+        settings = {k: v for k, v in self.hparams.items() if k not in NOT_IN_CACHE_KEY}
+        return dict(settings=settings, sources=cache.file_signatures(self.source_files()),
+                    tokenizer=self.tokenizer_fingerprint)
+
+    def cache_path(self) -> Path:
+        return cache.cache_path(self.cache_root, self.cache_family, self.cache_key())
 
     # ----------------------------------------------------------------------------------------------------------- #
     # Loading (every rank) and batching
@@ -206,7 +255,9 @@ class TokenizedDataModule(pl.LightningDataModule):
 
 
 class SplitsDataModule(TokenizedDataModule):
-    """A task's data module: splits from a hub dataset, or one local file per split (formats: see each module), read
+    """Base of a task's data module: a hub dataset or one local file per split.
+
+    A task's data module: splits from a hub dataset, or one local file per split (formats: see each module), read
     by ``read_raw``; ``hold_out`` carves validation data from train for modules that have ``validation_fraction``
     and ``seed``."""
 

@@ -7,16 +7,14 @@ tokenizer makes them), ``labels`` (int class ids, or floats for regression; abse
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 
 import datasets
 from lightning.pytorch.utilities import rank_zero_warn
 from transformers import DataCollatorWithPadding
 
 from lit_finetune.bounds import OpenFraction, PositiveInt
-from lit_finetune.data import cache, readers
+from lit_finetune.data import readers
 from lit_finetune.data.base import SplitsDataModule
 from lit_finetune.errors import ConfigError, DataError
 
@@ -41,6 +39,8 @@ class PaddingCollator:
 class TextClassificationDataModule(SplitsDataModule):
     """Sequence / pair classification and regression data from hub datasets or local csv, tsv, json(l), parquet."""
 
+    cache_family = "classification"
+
     def __init__(
         self,
         model_name_or_path: str = "minilm",
@@ -59,6 +59,7 @@ class TextClassificationDataModule(SplitsDataModule):
     ):
         """
         Args:
+            model_name_or_path: Backbone whose tokenizer is used; linked from model.model_name_or_path.
             text_column: Column holding the text (the first sentence for pair tasks).
             text_pair_column: Column holding the second sentence, for pair tasks (e.g. NLI, paraphrase).
             label_column: Column holding the label: a class name, a class id, or a number for regression.
@@ -83,16 +84,6 @@ class TextClassificationDataModule(SplitsDataModule):
     @property
     def is_regression(self) -> bool:
         return self.hparams.num_labels == 1
-
-    def cache_path(self) -> Path:
-        """Cache folder keyed by everything that changes the tokenized result, so edits to data or settings re-run."""
-        h = self.hparams
-        key = dict(sources=cache.file_signatures(self.files), dataset=(h.dataset_name, h.dataset_config),
-                   tokenizer=self.tokenizer_fingerprint,
-                   columns=(h.text_column, h.text_pair_column, h.label_column, h.id_column),
-                   labels=(h.num_labels, h.label_names), max_length=h.max_length,
-                   holdout=(h.validation_fraction, h.seed), max_train_examples=h.max_train_examples)
-        return cache.cache_path(self.cache_root, "classification", key)
 
     def is_labeled(self, ds: datasets.Dataset) -> bool:
         """Test and predict data may come without labels (GLUE's hub test sets use -1 for 'unlabeled')."""
@@ -230,15 +221,13 @@ class TextClassificationDataModule(SplitsDataModule):
         enc["truncated"] = [bool(e.overflowing) for e in enc.encodings]
         return dict(enc)
 
-    def prepare_data(self) -> None:
-        """Read, check and tokenize every split once (local rank 0) into a cache folder that ``setup`` loads."""
-        target = self.cache_path()
-        if cache.is_cached(target):
-            return
+    def build_splits(self, fingerprint: str) -> tuple[dict, dict]:
+        """Read, check and tokenize every split: the splits to cache and their metadata."""
         splits, id2label = self.check_and_label()
         keep = {"input_ids", "attention_mask", "token_type_ids", "labels", "example_id", "length"}
         tokenized = datasets.DatasetDict({
-            split: ds.map(self.tokenize, batched=True, desc=f"Tokenizing {split}", new_fingerprint=f"{target.name}-{split}",
+            split: ds.map(self.tokenize, batched=True, desc=f"Tokenizing {split}",
+                          new_fingerprint=f"{fingerprint}-{split}",
                           remove_columns=[c for c in ds.column_names if c not in ("labels", "example_id")])
             for split, ds in splits.items()})
         truncated = {split: int(sum(readers.column(ds, "truncated").to_pylist())) for split, ds in tokenized.items()}
@@ -252,10 +241,8 @@ class TextClassificationDataModule(SplitsDataModule):
                 rank_zero_warn(f"{count} of {len(tokenized[split])} {split} examples "
                                f"({100 * count / len(tokenized[split]):.1f}%) were truncated to "
                                f"data.max_length={self.hparams.max_length} tokens.")
-        meta = dict(id2label=id2label, truncated=truncated, sizes={s: len(d) for s, d in tokenized.items()},
-                    tokenized_by_rank=int(os.environ.get("LOCAL_RANK", 0)), pid=os.getpid())
-        cache.save(tokenized, meta, target)
-        print(f"Tokenized {meta['sizes']} examples; cached in {target}", flush=True)
+        return tokenized, dict(id2label=id2label, truncated=truncated)
+
 
     def setup(self, stage: str | None = None) -> None:
         self.meta = meta = self.load_splits(stage)

@@ -14,10 +14,8 @@ Batch contract: ``input_ids``, ``attention_mask``, ``special_tokens_mask`` (bool
 
 from __future__ import annotations
 
-import os
 import random
 import re
-from pathlib import Path
 from typing import Literal
 
 import datasets
@@ -26,7 +24,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader
 
 from lit_finetune.bounds import OpenFraction, PositiveInt
-from lit_finetune.data import cache, readers
+from lit_finetune.data import readers
 from lit_finetune.data.base import TokenizedDataModule
 from lit_finetune.data.readers import TxtDocuments
 from lit_finetune.errors import ConfigError, DataError
@@ -71,6 +69,8 @@ class CorpusDataModule(TokenizedDataModule):
     Raises: DataError for a missing, empty or non-UTF-8 file or a missing column; ConfigError for bad settings.
     """
 
+    cache_family = "corpus"
+
     def __init__(
         self,
         model_name_or_path: str = "minilm",
@@ -89,6 +89,7 @@ class CorpusDataModule(TokenizedDataModule):
     ):
         """
         Args:
+            model_name_or_path: Backbone whose tokenizer is used; linked from model.model_name_or_path.
             dataset_name: Hub dataset id (e.g. ``Salesforce/wikitext``); leave unset to read local files.
             dataset_config: Hub dataset configuration name (e.g. ``wikitext-2-raw-v1``).
             train_file: Local training text: .txt, .jsonl, .json, .parquet, .csv or .tsv.
@@ -119,13 +120,6 @@ class CorpusDataModule(TokenizedDataModule):
         self.separator_id = self.tokenizer.sep_token_id if self.tokenizer.sep_token_id is not None \
             else self.tokenizer.eos_token_id
         self.splits: datasets.DatasetDict | None = None
-
-    def cache_path(self) -> Path:
-        h = self.hparams
-        key = dict(sources=cache.file_signatures(self.files), dataset=(h.dataset_name, h.dataset_config),
-                   tokenizer=self.tokenizer_fingerprint, column=h.text_column, txt=h.txt_documents, examples=h.examples,
-                   max_length=h.max_length, holdout=(h.validation_fraction, h.seed), max_docs=h.max_train_documents)
-        return cache.cache_path(self.cache_root, "corpus", key)
 
     # ----------------------------------------------------------------------------------------------------------- #
     # Reading documents (rank 0 only, in prepare_data)
@@ -234,17 +228,14 @@ class CorpusDataModule(TokenizedDataModule):
                 start = end
         return datasets.Dataset.from_dict(rows)
 
-    def prepare_data(self) -> None:
-        """Read and pack every split once (local rank 0) into a cache folder that ``setup`` loads."""
-        target = self.cache_path()
-        if cache.is_cached(target):
-            return
+    def build_splits(self, fingerprint: str) -> tuple[dict, dict]:
+        """Read, check and tokenize every split: the splits to cache and their metadata."""
         raw = self.read_raw()
         h = self.hparams
         if h.examples == "blocks":
             examples = datasets.DatasetDict({
                 split: docs.map(self.pack, batched=True, batch_size=1000, remove_columns=["text"],
-                                desc=f"Packing {split}", new_fingerprint=f"{target.name}-{split}")
+                                desc=f"Packing {split}", new_fingerprint=f"{fingerprint}-{split}")
                 for split, docs in raw.items()})
         else:
             if self.tokenizer.cls_token_id is None or self.tokenizer.sep_token_id is None:
@@ -256,12 +247,14 @@ class CorpusDataModule(TokenizedDataModule):
                 if len(ds) == 0:
                     raise DataError(f"data: no {split} document has two sentences, so no {h.examples} pairs can be "
                                     "made; use documents of several sentences (e.g. data.txt_documents: blank_line)")
-        meta = dict(documents={s: len(d) for s, d in raw.items()}, examples={s: len(b) for s, b in examples.items()},
-                    kind=h.examples, max_length=h.max_length, tokenized_by_rank=int(os.environ.get("LOCAL_RANK", 0)))
-        cache.save(examples, meta, target)
-        what = "blocks" if h.examples == "blocks" else f"{h.examples} sentence pairs"
-        print(f"Made {meta['examples']} {what} of up to {h.max_length} tokens from {meta['documents']} documents; "
-              f"cached in {target}", flush=True)
+        return examples, dict(documents={s: len(d) for s, d in raw.items()},
+                              examples={s: len(b) for s, b in examples.items()}, kind=h.examples,
+                              max_length=h.max_length)
+
+    def summary(self, meta: dict) -> str:
+        what = "blocks" if meta["kind"] == "blocks" else f"{meta['kind']} sentence pairs"
+        return (f"Made {meta['examples']} {what} of up to {meta['max_length']} tokens from {meta['documents']} "
+                "documents")
 
     def setup(self, stage: str | None = None) -> None:
         self.meta = self.load_splits(stage)

@@ -12,8 +12,6 @@ Batch contract (what the task module receives): for fit / validate / test, ``inp
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Literal
 
 import datasets
@@ -22,7 +20,7 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorForSeq2Seq
 
 from lit_finetune.bounds import OpenFraction, PositiveInt
-from lit_finetune.data import cache, readers
+from lit_finetune.data import readers
 from lit_finetune.data.base import SplitsDataModule
 from lit_finetune.errors import ConfigError, DataError
 
@@ -60,6 +58,8 @@ class InstructionDataModule(SplitsDataModule):
     every response is truncated away; ConfigError for settings the tokenizer cannot meet.
     """
 
+    cache_family = "instructions"
+
     def __init__(
         self,
         model_name_or_path: str = "smollm2",
@@ -78,6 +78,7 @@ class InstructionDataModule(SplitsDataModule):
     ):
         """
         Args:
+            model_name_or_path: Backbone whose tokenizer is used; linked from model.model_name_or_path.
             prompt_column: Column holding the prompt (the user's instruction).
             response_column: Column holding the response to learn (the assistant's answer).
             messages_column: Column of chat conversations (lists of ``{role, content}``) to use instead of prompt and
@@ -114,15 +115,9 @@ class InstructionDataModule(SplitsDataModule):
         if tok.pad_token_id is None:  # GPT-2-style vocabularies: padding is masked out of attention and loss anyway
             tok.pad_token = tok.eos_token
 
-    def cache_path(self) -> Path:
-        """Cache folder keyed by everything that changes the tokenized result, so edits to data or settings re-run."""
-        h = self.hparams
-        key = dict(sources=cache.file_signatures(self.files), dataset=(h.dataset_name, h.dataset_config),
-                   tokenizer=self.tokenizer_fingerprint, template=self.tokenizer.chat_template if self.chat else None,
-                   columns=(h.prompt_column, h.response_column, h.messages_column, h.id_column),
-                   format=(self.chat, h.separator, h.system_prompt), max_length=h.max_length,
-                   holdout=(h.validation_fraction, h.seed), max_train_examples=h.max_train_examples)
-        return cache.cache_path(self.cache_root, "instructions", key)
+    def cache_key(self) -> dict:
+        # The chat template is the tokenizer's, but not in its backend's fingerprint.
+        return {**super().cache_key(), "template": self.tokenizer.chat_template if self.chat else None}
 
     # ----------------------------------------------------------------------------------------------------------- #
     # Reading and checking the raw data (rank 0 only, in prepare_data)
@@ -259,11 +254,8 @@ class InstructionDataModule(SplitsDataModule):
                 ds = ds.select(keep)
         return ds.remove_columns("truncated"), counts
 
-    def prepare_data(self) -> None:
-        """Read, check and tokenize every split once (local rank 0) into a cache folder that ``setup`` loads."""
-        target = self.cache_path()
-        if cache.is_cached(target):
-            return
+    def build_splits(self, fingerprint: str) -> tuple[dict, dict]:
+        """Read, check and tokenize every split: the splits to cache and their metadata."""
         raw, sources = self.read_raw()
         checked = {split: self.check_split(ds, split, sources[split]) for split, ds in raw.items()}
         if "train" in checked and "validation" not in checked:
@@ -271,18 +263,17 @@ class InstructionDataModule(SplitsDataModule):
             sources["validation"] = f"{sources['train']} (held out)"
         tokenized, counts = {}, {}
         for split, ds in checked.items():
-            tokenized[split], counts[split] = self.tokenize_split(ds, split, sources[split], f"{target.name}-{split}")
+            tokenized[split], counts[split] = self.tokenize_split(ds, split, sources[split], f"{fingerprint}-{split}")
             n, cut, dropped = counts[split]["examples"], counts[split]["truncated"], counts[split].get("dropped", 0)
             if cut:
                 how = "prompts kept their last tokens" if split == "predict" else \
                     f"cut at the end; {dropped} of them kept no response token and were dropped"
                 rank_zero_warn(f"{cut} of {n} {split} examples ({100 * cut / n:.1f}%) were longer than "
                                f"data.max_length={self.hparams.max_length} tokens: {how}.")
-        meta = dict(counts=counts, chat=self.chat, sizes={s: len(d) for s, d in tokenized.items()},
-                    tokenized_by_rank=int(os.environ.get("LOCAL_RANK", 0)), pid=os.getpid())
-        cache.save(datasets.DatasetDict(tokenized), meta, target)
-        print(f"Tokenized {meta['sizes']} examples ({'chat template' if self.chat else 'plain format'}); "
-              f"cached in {target}", flush=True)
+        return tokenized, dict(counts=counts, chat=self.chat)
+
+    def summary(self, meta: dict) -> str:
+        return f"Tokenized {meta['sizes']} examples ({'chat template' if meta['chat'] else 'plain format'})"
 
     def setup(self, stage: str | None = None) -> None:
         self.meta = self.load_splits(stage)

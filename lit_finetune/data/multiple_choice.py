@@ -8,15 +8,12 @@ strings, the id column or the row number).
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import datasets
 from lightning.pytorch.utilities import rank_zero_warn
 from transformers import DataCollatorForMultipleChoice
 
 from lit_finetune.bounds import OpenFraction, PositiveInt
-from lit_finetune.data import cache, readers
+from lit_finetune.data import readers
 from lit_finetune.data.base import SplitsDataModule
 from lit_finetune.data.classification import PaddingCollator
 from lit_finetune.errors import ConfigError, DataError
@@ -45,6 +42,8 @@ class MultipleChoiceDataModule(SplitsDataModule):
     column, empty context or ending, a row with a different number of choices, or a label that is no choice.
     """
 
+    cache_family = "multiple_choice"
+
     def __init__(
         self,
         model_name_or_path: str = "minilm",
@@ -62,6 +61,7 @@ class MultipleChoiceDataModule(SplitsDataModule):
     ):
         """
         Args:
+            model_name_or_path: Backbone whose tokenizer is used; linked from model.model_name_or_path.
             context_column: Column holding the context, the first text of every pair.
             question_column: Column put before each ending (SWAG's start of the ending, or a question); optional.
             ending_columns: Columns holding the candidate endings, one per column (SWAG's by default).
@@ -79,16 +79,6 @@ class MultipleChoiceDataModule(SplitsDataModule):
             raise ConfigError(f"data.ending_columns: got {ending_columns}; expected 2 or more columns holding the "
                               "candidate endings, or data.choices_column (one column holding a list of them)")
         self.num_choices: int | None = None
-
-    def cache_path(self) -> Path:
-        """Cache folder keyed by everything that changes the tokenized result, so edits to data or settings re-run."""
-        h = self.hparams
-        key = dict(sources=cache.file_signatures(self.files), dataset=(h.dataset_name, h.dataset_config),
-                   tokenizer=self.tokenizer_fingerprint, max_length=h.max_length,
-                   columns=(h.context_column, h.question_column, h.choices_column or h.ending_columns,
-                            h.label_column, h.id_column),
-                   holdout=(h.validation_fraction, h.seed), max_train_examples=h.max_train_examples)
-        return cache.cache_path(self.cache_root, "multiple_choice", key)
 
     # ----------------------------------------------------------------------------------------------------------- #
     # Reading and checking the raw data (rank 0 only, in prepare_data)
@@ -182,26 +172,22 @@ class MultipleChoiceDataModule(SplitsDataModule):
         out["truncated"] = [any(e.overflowing for e in enc.encodings[i:i + n]) for i in range(0, len(firsts), n)]
         return out
 
-    def prepare_data(self) -> None:
-        """Read, check and tokenize every split once (local rank 0) into a cache folder that ``setup`` loads."""
-        target = self.cache_path()
-        if cache.is_cached(target):
-            return
+    def build_splits(self, fingerprint: str) -> tuple[dict, dict]:
+        """Read, check and tokenize every split: the splits to cache and their metadata."""
         splits, num_choices = self.check_and_label()
         tokenized, truncated = {}, {}
         for split, ds in splits.items():
             ds = ds.map(self.tokenize, batched=True, desc=f"Tokenizing {split}",
-                        new_fingerprint=f"{target.name}-{split}", remove_columns=["context", "question", "choices"])
+                        new_fingerprint=f"{fingerprint}-{split}", remove_columns=["context", "question", "choices"])
             truncated[split] = int(sum(readers.column(ds, "truncated").to_pylist()))
             tokenized[split] = ds.remove_columns("truncated")
             if truncated[split]:
                 rank_zero_warn(f"{truncated[split]} of {len(ds)} {split} examples had a choice truncated to "
                                f"data.max_length={self.hparams.max_length} tokens.")
-        meta = dict(num_choices=num_choices, id2label=None, truncated=truncated,
-                    sizes={s: len(d) for s, d in tokenized.items()},
-                    tokenized_by_rank=int(os.environ.get("LOCAL_RANK", 0)), pid=os.getpid())
-        cache.save(datasets.DatasetDict(tokenized), meta, target)
-        print(f"Tokenized {meta['sizes']} examples of {num_choices} choices; cached in {target}", flush=True)
+        return tokenized, dict(num_choices=num_choices, id2label=None, truncated=truncated)
+
+    def summary(self, meta: dict) -> str:
+        return f"Tokenized {meta['sizes']} examples of {meta['num_choices']} choices"
 
     def setup(self, stage: str | None = None) -> None:
         self.meta = self.load_splits(stage)

@@ -12,7 +12,6 @@ labeled splits, ``answers`` (a list of the gold answer texts of each window's qu
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import datasets
@@ -21,7 +20,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from transformers import DataCollatorWithPadding
 
 from lit_finetune.bounds import PositiveInt, Probability
-from lit_finetune.data import cache, readers
+from lit_finetune.data import readers
 from lit_finetune.data.base import SplitsDataModule
 from lit_finetune.errors import ConfigError, DataError
 
@@ -104,7 +103,9 @@ def nearest_occurrence(context: str, text: str, start: int) -> int | None:
 
 
 class QuestionAnsweringDataModule(SplitsDataModule):
-    """SQuAD-style extractive QA from hub datasets (``rajpurkar/squad``, ``rajpurkar/squad_v2``), SQuAD JSON files,
+    """Extractive question answering data (SQuAD v1.1 / v2.0 style).
+
+    SQuAD-style extractive QA from hub datasets (``rajpurkar/squad``, ``rajpurkar/squad_v2``), SQuAD JSON files,
     or flat rows (jsonl / parquet) in the hub's columns ``id``, ``context``, ``question``, ``answers`` (``{"text":
     [...], "answer_start": [...]}``).
 
@@ -114,6 +115,8 @@ class QuestionAnsweringDataModule(SplitsDataModule):
     Raises: DataError for missing files or keys, empty contexts or questions, duplicate ids, unanswered questions in
     SQuAD v1.1 data, and answers that do not match their context too often; ConfigError for settings that cannot work.
     """
+
+    cache_family = "question_answering"
 
     def __init__(
         self,
@@ -127,6 +130,7 @@ class QuestionAnsweringDataModule(SplitsDataModule):
     ):
         """
         Args:
+            model_name_or_path: Backbone whose tokenizer is used; linked from model.model_name_or_path.
             version_2_with_negative: SQuAD 2.0: questions may have no answer (and the model may answer nothing).
             max_length: Tokens per window: question, context part and special tokens.
             doc_stride: Context tokens shared by consecutive windows of a long context.
@@ -150,15 +154,6 @@ class QuestionAnsweringDataModule(SplitsDataModule):
         if not 0 <= max_bad_answer_fraction <= 1:
             raise ConfigError(f"data.max_bad_answer_fraction: got {max_bad_answer_fraction}; expected a share in "
                               "[0, 1]")
-
-    def cache_path(self) -> Path:
-        """Cache folder keyed by everything that changes the tokenized result."""
-        h = self.hparams
-        key = dict(sources=cache.file_signatures(self.files), dataset=(h.dataset_name, h.dataset_config),
-                   tokenizer=self.tokenizer_fingerprint, version_2=h.version_2_with_negative,
-                   windows=(h.max_length, h.doc_stride, h.max_question_length),
-                   max_bad_answer_fraction=h.max_bad_answer_fraction, max_train_examples=h.max_train_examples)
-        return cache.cache_path(self.cache_root, "question_answering", key)
 
     # ----------------------------------------------------------------------------------------------------------- #
     # Reading and checking the raw data (rank 0 only, in prepare_data)
@@ -284,11 +279,8 @@ class QuestionAnsweringDataModule(SplitsDataModule):
                     out["answers"].append(batch["answers"][row]["text"])
         return out
 
-    def prepare_data(self) -> None:
-        """Read, check and tokenize every split once (local rank 0) into a cache folder that ``setup`` loads."""
-        target = self.cache_path()
-        if cache.is_cached(target):
-            return
+    def build_splits(self, fingerprint: str) -> tuple[dict, dict]:
+        """Read, check and tokenize every split: the splits to cache and their metadata."""
         tokenized, examples = {}, {}
         raw, sources = self.read_raw()
         for split, ds in raw.items():
@@ -296,12 +288,11 @@ class QuestionAnsweringDataModule(SplitsDataModule):
             examples[split] = len(rows)
             tokenized[split] = rows.map(self.tokenize, batched=True, remove_columns=rows.column_names,
                                         fn_kwargs=dict(labeled=split != "predict", evaluation=split != "train"),
-                                        desc=f"Tokenizing {split}", new_fingerprint=f"{target.name}-{split}")
-        meta = dict(examples=examples, sizes={s: len(d) for s, d in tokenized.items()},
-                    version_2_with_negative=self.hparams.version_2_with_negative,
-                    tokenized_by_rank=int(os.environ.get("LOCAL_RANK", 0)), pid=os.getpid())
-        cache.save(datasets.DatasetDict(tokenized), meta, target)
-        print(f"Tokenized {meta['examples']} questions into {meta['sizes']} windows; cached in {target}", flush=True)
+                                        desc=f"Tokenizing {split}", new_fingerprint=f"{fingerprint}-{split}")
+        return tokenized, dict(examples=examples, version_2_with_negative=self.hparams.version_2_with_negative)
+
+    def summary(self, meta: dict) -> str:
+        return f"Tokenized {meta['examples']} questions into {meta['sizes']} windows"
 
     def setup(self, stage: str | None = None) -> None:
         self.meta = self.load_splits(stage, test_needs_labels=False)  # answers live in the examples

@@ -8,15 +8,13 @@ Batch contract, training: ``input_ids``, ``attention_mask`` (the sentences); wit
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import datasets
 import torch
 from torch.utils.data import DataLoader
 
+from lit_finetune import cache
 from lit_finetune.bounds import PositiveInt
-from lit_finetune.data import cache, readers
+from lit_finetune.data import readers
 from lit_finetune.data.base import TokenizedDataModule
 from lit_finetune.errors import ConfigError, DataError
 
@@ -43,11 +41,15 @@ class SentenceGroupsCollator:
 
 
 class SentenceEmbeddingDataModule(TokenizedDataModule):
-    """Training sentences (unsupervised SimCSE) or sentence / positive (/ hard negative) rows (supervised), and
+    """Sentences (or sentence / positive / negative rows) for SimCSE, with STS validation pairs.
+
+    Training sentences (unsupervised SimCSE) or sentence / positive (/ hard negative) rows (supervised), and
     STS-style validation pairs with a similarity score.
 
     Raises: DataError for missing files, columns, empty sentences or non-numeric scores; ConfigError for settings.
     """
+
+    cache_family = "sentence_embedding"
 
     def __init__(
         self,
@@ -69,6 +71,7 @@ class SentenceEmbeddingDataModule(TokenizedDataModule):
     ):
         """
         Args:
+            model_name_or_path: Backbone whose tokenizer is used; linked from model.model_name_or_path.
             train_file: Local training sentences: .txt (one per line) or csv / tsv / jsonl / json / parquet.
             train_dataset: Hub dataset for training (its ``train`` split), instead of a file.
             validation_file: Local STS-style pairs: two sentence columns and a similarity score.
@@ -93,14 +96,6 @@ class SentenceEmbeddingDataModule(TokenizedDataModule):
         self.files = {split: p for split, p in (("train", train_file), ("validation", validation_file)) if p}
         self.splits: datasets.DatasetDict | None = None
 
-    def cache_path(self) -> Path:
-        h = self.hparams
-        key = dict(sources=cache.file_signatures(self.files), hub=(h.train_dataset, h.validation_dataset),
-                   tokenizer=self.tokenizer_fingerprint, max_length=h.max_length, max_train=h.max_train_examples,
-                   columns=(h.text_column, h.positive_column, h.negative_column, h.sentence1_column,
-                            h.sentence2_column, h.score_column))
-        return cache.cache_path(self.cache_root, "sentence_embedding", key)
-
     def read(self, split: str) -> tuple[datasets.Dataset, str] | None:
         h = self.hparams
         path, hub = (h.train_file, h.train_dataset) if split == "train" else (h.validation_file, h.validation_dataset)
@@ -113,10 +108,8 @@ class SentenceEmbeddingDataModule(TokenizedDataModule):
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         return self.tokenizer(texts, truncation=True, max_length=self.hparams.max_length)["input_ids"]
 
-    def prepare_data(self) -> None:
-        target = self.cache_path()
-        if cache.is_cached(target):
-            return
+    def build_splits(self, fingerprint: str) -> tuple[dict, dict]:
+        """Read, check and tokenize every split: the splits to cache and their metadata."""
         h = self.hparams
         out = {}
         train, source = self.read("train")
@@ -150,10 +143,8 @@ class SentenceEmbeddingDataModule(TokenizedDataModule):
                 "input_ids": self.tokenize(readers.column(pairs, h.sentence1_column).to_pylist()),
                 "pair_input_ids": self.tokenize(readers.column(pairs, h.sentence2_column).to_pylist()),
                 "score": [float(s) for s in scores]})
-        meta = dict(sizes={s: len(d) for s, d in out.items()}, supervised=bool(h.positive_column),
-                    tokenized_by_rank=int(os.environ.get("LOCAL_RANK", 0)))
-        cache.save(datasets.DatasetDict(out), meta, target)
-        print(f"Tokenized {meta['sizes']} examples; cached in {target}", flush=True)
+        return out, dict(supervised=bool(h.positive_column))
+
 
     def setup(self, stage: str | None = None) -> None:
         self.splits, self.meta = cache.load(self.cache_path())

@@ -10,7 +10,6 @@ written next to predictions and used as BLEU / ROUGE references; ``target_text``
 from __future__ import annotations
 
 import gzip
-import os
 from pathlib import Path
 
 import datasets
@@ -18,7 +17,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from transformers import DataCollatorForSeq2Seq
 
 from lit_finetune.bounds import PositiveInt
-from lit_finetune.data import cache, readers
+from lit_finetune.data import readers
 from lit_finetune.data.base import SplitsDataModule
 from lit_finetune.errors import ConfigError, DataError
 
@@ -80,6 +79,8 @@ class Seq2SeqDataModule(SplitsDataModule):
     inconsistent settings.
     """
 
+    cache_family = "seq2seq"
+
     def __init__(
         self,
         model_name_or_path: str = "google-t5/t5-small",
@@ -98,6 +99,7 @@ class Seq2SeqDataModule(SplitsDataModule):
     ):
         """
         Args:
+            model_name_or_path: Backbone whose tokenizer is used; linked from model.model_name_or_path.
             source_lang: Source language code: fills ``{lang}`` in parallel-text paths, and is the default source
                 column (hub translation sets such as bentrevett/multi30k name columns by language).
             target_lang: Target language code, as source_lang.
@@ -120,14 +122,8 @@ class Seq2SeqDataModule(SplitsDataModule):
         self.source_column = source_column or source_lang or "source"
         self.target_column = target_column or target_lang or "target"
 
-    def cache_path(self) -> Path:
-        """Cache folder keyed by everything that changes the tokenized result, so edits to data or settings re-run."""
-        h = self.hparams
-        key = dict(sources=cache.file_signatures(self.local_paths()), dataset=(h.dataset_name, h.dataset_config),
-                   tokenizer=self.tokenizer_fingerprint, columns=(self.source_column, self.target_column, h.id_column),
-                   langs=(h.source_lang, h.target_lang), prefix=h.source_prefix,
-                   lengths=(h.max_source_length, h.max_target_length), max_train_examples=h.max_train_examples)
-        return cache.cache_path(self.cache_root, "seq2seq", key)
+    def source_files(self) -> dict[str, str]:
+        return self.local_paths()
 
     # ----------------------------------------------------------------------------------------------------------- #
     # Reading and checking the raw pairs (rank 0 only, in prepare_data)
@@ -234,23 +230,20 @@ class Seq2SeqDataModule(SplitsDataModule):
                                        f"truncated to data.{limit}={self.hparams[limit]} tokens.")
         return counts
 
-    def prepare_data(self) -> None:
-        """Read, check and tokenize every split once (local rank 0) into a cache folder that ``setup`` loads."""
-        target = self.cache_path()
-        if cache.is_cached(target):
-            return
+    def build_splits(self, fingerprint: str) -> tuple[dict, dict]:
+        """Read, check and tokenize every split: the splits to cache and their metadata."""
         tokenized = datasets.DatasetDict({
             split: ds.map(self.tokenize, batched=True, desc=f"Tokenizing {split}",
-                          new_fingerprint=f"{target.name}-{split}")
+                          new_fingerprint=f"{fingerprint}-{split}")
             for split, ds in self.read_splits().items()})
         truncated = self.warn_truncated(tokenized)
         tokenized = datasets.DatasetDict({
             split: ds.remove_columns([c for c in ds.column_names if c.endswith("_truncated")])
             for split, ds in tokenized.items()})
-        meta = dict(truncated=truncated, sizes={s: len(d) for s, d in tokenized.items()},
-                    tokenized_by_rank=int(os.environ.get("LOCAL_RANK", 0)), pid=os.getpid())
-        cache.save(tokenized, meta, target)
-        print(f"Tokenized {meta['sizes']} pairs; cached in {target}", flush=True)
+        return tokenized, dict(truncated=truncated)
+
+    def summary(self, meta: dict) -> str:
+        return f"Tokenized {meta['sizes']} pairs"
 
     def setup(self, stage: str | None = None) -> None:
         self.meta = self.load_splits(stage)

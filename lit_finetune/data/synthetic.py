@@ -8,12 +8,12 @@ aspect-aware model can reach, so the tutorial shows fine-tuning actually helping
 
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 import random
-import tempfile
 from pathlib import Path
+
+from lit_finetune.io import atomic_file
 
 LABELS = ("negative", "neutral", "positive")
 FIELDS = ("id", "review", "aspect", "label")
@@ -147,18 +147,11 @@ def generate(num_examples: int, seed: int) -> list[dict]:
     return examples[:num_examples]
 
 
-def _write_csv_atomically(path: Path, rows: list[dict]) -> None:
-    """Write via a temp file and os.replace so readers never see a half-written CSV."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=FIELDS, lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with atomic_file(path) as handle:  # readers never see a half-written CSV
+        writer = csv.DictWriter(handle, fieldnames=FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def write_quickstart_data(
@@ -172,14 +165,5 @@ def write_quickstart_data(
     paths = {}
     for index, (split, size) in enumerate(sizes):
         paths[split] = output_dir / f"{split}.csv"
-        _write_csv_atomically(paths[split], generate(size, seed * len(sizes) + index))
+        _write_csv(paths[split], generate(size, seed * len(sizes) + index))
     return paths
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="Write the quickstart aspect-sentiment CSVs.")
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    for split, path in write_quickstart_data(args.output_dir, seed=args.seed).items():
-        print(f"{split}: {path}")

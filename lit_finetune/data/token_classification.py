@@ -12,11 +12,11 @@ from typing import Literal
 
 import datasets
 import torch
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from transformers import DataCollatorForTokenClassification
 
 from lit_finetune.bounds import PositiveInt
-from lit_finetune.data import cache, readers
+from lit_finetune.data import readers
 from lit_finetune.data.base import SplitsDataModule
 from lit_finetune.data.tag_schemes import OUTSIDE, TagScheme, check_tag, first_invalid, split_tag
 from lit_finetune.errors import ConfigError, DataError
@@ -40,10 +40,14 @@ class TokenClassificationCollator:
 
 
 class TokenClassificationDataModule(SplitsDataModule):
-    """Tagged words from CoNLL-style files (one token per line, columns separated by whitespace, blank lines between
+    """Tagged words (NER, POS) from CoNLL files, tables or hub datasets.
+
+    Tagged words from CoNLL-style files (one token per line, columns separated by whitespace, blank lines between
     sentences, ``-DOCSTART-`` skipped), from jsonl/parquet with list columns, or from hub datasets such as
     ``eriktks/conll2003``. Local .json, .jsonl and .parquet files are tables (a list of words and a list of tags per
     row); any other file is read as columns. Tags are checked against the tag scheme before anything is trained."""
+
+    cache_family = "token_classification"
 
     def __init__(
         self,
@@ -61,6 +65,7 @@ class TokenClassificationDataModule(SplitsDataModule):
     ):
         """
         Args:
+            model_name_or_path: Backbone whose tokenizer is used; linked from model.model_name_or_path.
             tokens_column: Column with the list of words (tables and hub datasets).
             tags_column: Column with the list of tags, names or class ids (tables and hub datasets).
             conll_token_column: Index of the word column in column files (0 = first).
@@ -77,15 +82,6 @@ class TokenClassificationDataModule(SplitsDataModule):
         """
         super().__init__(model_name_or_path=model_name_or_path, **kwargs)
         self.id2label: dict[int, str] | None = None
-
-    def cache_path(self) -> Path:
-        h = self.hparams
-        key = dict(sources=cache.file_signatures(self.files), dataset=(h.dataset_name, h.dataset_config),
-                   tokenizer=self.tokenizer_fingerprint,
-                   columns=(h.tokens_column, h.tags_column, h.conll_token_column, h.conll_tag_column),
-                   scheme=h.tag_scheme, labels=h.label_names, subwords=h.label_subwords, max_length=h.max_length,
-                   max_train_examples=h.max_train_examples)
-        return cache.cache_path(self.cache_root, "token_classification", key)
 
     # ----------------------------------------------------------------------------------------------------------- #
     # Reading and checking (rank 0, in prepare_data)
@@ -182,11 +178,8 @@ class TokenClassificationDataModule(SplitsDataModule):
             dropped.append(len(word_tags) - sum(row_starts))
         return {**enc, "labels": labels, "word_starts": starts, "dropped_words": dropped}
 
-    def prepare_data(self) -> None:
-        """Read, check and tokenize every split once (local rank 0) into a cache folder that ``setup`` loads."""
-        target = self.cache_path()
-        if cache.is_cached(target):
-            return
+    def build_splits(self, fingerprint: str) -> tuple[dict, dict]:
+        """Read, check and tokenize every split: the splits to cache and their metadata."""
         raw, _ = self.read_raw()
         names = self.tag_names(raw)
         tokenized, dropped = {}, {}
@@ -201,7 +194,8 @@ class TokenClassificationDataModule(SplitsDataModule):
                 ds = ds.select_columns(["tokens", "where"])
                 ds = ds.add_column("labels", [[0] * len(t) for t in ds["tokens"]])  # placeholders, dropped below
             ds = ds.add_column("example_id", [str(i) for i in range(len(ds))])
-            ds = ds.map(self.tokenize, batched=True, desc=f"Tokenizing {split}", new_fingerprint=f"{target.name}-{split}",
+            ds = ds.map(self.tokenize, batched=True, desc=f"Tokenizing {split}",
+                        new_fingerprint=f"{fingerprint}-{split}",
                         remove_columns=[c for c in ("tags", "where", "labels") if c in ds.column_names])
             dropped[split] = int(sum(ds["dropped_words"]))
             tokenized[split] = ds.remove_columns(["dropped_words"] + ([] if labeled else ["labels"]))
@@ -209,10 +203,10 @@ class TokenClassificationDataModule(SplitsDataModule):
             if count:
                 rank_zero_warn(f"{count} words of the {split} split fall past data.max_length="
                                f"{self.hparams.max_length} tokens: left out of metrics, tagged O in predictions.")
-        meta = dict(id2label=dict(enumerate(names)), dropped_words=dropped,
-                    sizes={split: len(ds) for split, ds in tokenized.items()})
-        cache.save(datasets.DatasetDict(tokenized), meta, target)
-        rank_zero_info(f"Tokenized {meta['sizes']} sentences with {len(names)} tags; cached in {target}")
+        return tokenized, dict(id2label=dict(enumerate(names)), dropped_words=dropped)
+
+    def summary(self, meta: dict) -> str:
+        return f"Tokenized {meta['sizes']} sentences with {len(meta['id2label'])} tags"
 
     def setup(self, stage: str | None = None) -> None:
         meta = self.load_splits(stage)

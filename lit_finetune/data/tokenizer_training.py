@@ -16,7 +16,7 @@ from transformers import PreTrainedTokenizerFast
 from lit_finetune.data import readers
 from lit_finetune.data.readers import TxtDocuments
 from lit_finetune.errors import ConfigError, DataError
-from lit_finetune.training.export import atomic_directory
+from lit_finetune.io import atomic_directory
 
 WORDPIECE_SPECIALS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
                       "mask_token": "[MASK]"}
@@ -84,7 +84,8 @@ def train_tokenizer(
     if kind == "wordpiece":
         cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
         tokenizer.post_processor = processors.TemplateProcessing(
-            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, model_max_length=512, **specials)
     with atomic_directory(output_dir) as tmp:
         fast.save_pretrained(tmp)

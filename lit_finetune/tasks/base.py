@@ -8,6 +8,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+import torchmetrics
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from transformers import PreTrainedModel
@@ -23,9 +24,10 @@ from lit_finetune.bounds import (
     plain_hparams,
 )
 from lit_finetune.errors import ConfigError
+from lit_finetune.io import atomic_directory
+from lit_finetune.run_folder import EXPORT_MARKER
 from lit_finetune.training import epoch_state
 from lit_finetune.training.checkpointing import NonFiniteError, non_finite_tensors, read_checkpoint
-from lit_finetune.training.export import EXPORT_MARKER, atomic_directory
 from lit_finetune.training.layers import parameter_counts
 from lit_finetune.training.lora import LoraSettings, apply_lora, is_lora, merged_copy, save_adapter, settings_dict
 from lit_finetune.training.optim import Schedule, build_scheduler, param_groups
@@ -34,8 +36,23 @@ TASK_KEY = "lit_finetune_task"  # checkpoint entry naming the task class, so `ex
 BEST_KEY = "lit_finetune_best"  # checkpoint entry: the best validation value so far, which a resume continues
 
 
+class PerSplit(torch.nn.ModuleDict):
+    """One metric collection per split, looked up by the split's name (``metrics["val"]``); stored under
+    ``<split>_metrics``, since ``train`` is a method of every module."""
+
+    def __init__(self, per_split: dict):
+        super().__init__({f"{split}_metrics": metrics for split, metrics in per_split.items()})
+
+    def __getitem__(self, split: str):
+        return super().__getitem__(f"{split}_metrics")
+
+
 class TaskModule(pl.LightningModule):
     """Base of all task modules: subclasses build the Hugging Face model and define the steps and metrics."""
+
+    # How the task's key validation metric improves ("max" or "min"): the module then keeps its best value so far
+    # in `best`, logged as val/<key>_best and carried through checkpoints; None for tasks without one.
+    best_mode: str | None = None
 
     def __init__(
         self,
@@ -89,12 +106,14 @@ class TaskModule(pl.LightningModule):
         if lr_cycles < 1:
             raise ConfigError(f"model.lr_cycles: expected a positive number of cycles, got {lr_cycles}")
         lora = settings_dict(lora)  # kept as a plain dict: checkpoints, hparams.yaml and W&B all take one
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # the CLI logs the run's config, with dotted keys (RunConfig)
         plain_hparams(self)
         self.model: PreTrainedModel | None = None
         self.tokenizer = None
         self.pretrained_weights = True  # False when a checkpoint supplies the weights (no need to read them twice)
         self.bad_steps = 0
+        self.best = {"max": torchmetrics.MaxMetric, "min": torchmetrics.MinMetric}[self.best_mode]() \
+            if self.best_mode else None
         self.resumed_best: torch.Tensor | None = None
         self.resumed_epoch: list[dict] | None = None  # each process's training aggregates at the checkpoint
         self.pending_epoch_sums: dict = {}  # Lightning's epoch sums of those, until the resumed run logs the keys
@@ -178,6 +197,24 @@ class TaskModule(pl.LightningModule):
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self.shared_step(batch, "test")
+
+    def log_best(self, name: str, value: torch.Tensor | float) -> None:
+        """Keep and log ``val/<name>_best``, the best validation value so far (not during the sanity check)."""
+        if self.trainer.sanity_checking:
+            return
+        self.best.update(torch.as_tensor(value, dtype=torch.float32, device=self.device))
+        self.log(f"val/{name}_best", self.best.compute())
+
+    def log_split_metrics(self, split: str) -> dict[str, torch.Tensor]:
+        """Compute (synced across processes by torchmetrics), log and reset the split's collection in
+        ``self.metrics`` (a PerSplit); nothing when it saw no batch (a resume that starts at an epoch's end)."""
+        metrics = self.metrics[split]
+        if not any(metric.update_count for metric in metrics.values()):
+            return {}
+        values = metrics.compute()
+        metrics.reset()
+        self.log_dict(values, prog_bar=split == "val")
+        return values
 
     def log_loss(self, split: str, loss: torch.Tensor, batch_size: int) -> None:
         """``<split>/loss``: per step and epoch in training, per epoch (synced across processes) in evaluation."""
@@ -286,7 +323,7 @@ class TaskModule(pl.LightningModule):
         """Files a task adds to its export beside the model and tokenizer (inside the same atomic write)."""
 
     @staticmethod
-    def load_checkpoint(ckpt_path: str | Path) -> "TaskModule":
+    def load_checkpoint(ckpt_path: str | Path) -> TaskModule:
         """Rebuild whichever task module wrote this checkpoint, on CPU, with its weights.
 
         The file is read once and memory-mapped, so the optimizer state it also holds costs no memory.
@@ -304,8 +341,23 @@ class TaskModule(pl.LightningModule):
         return module
 
 
+
+def export_checkpoint(ckpt_path: str, output_dir: str) -> Path:
+    """Export any lit_finetune checkpoint as a Hugging Face folder (model with its labels, and tokenizer).
+
+    Args:
+        ckpt_path: A checkpoint written by ``lit-finetune fit`` (e.g. runs/NAME/checkpoints/last.ckpt).
+        output_dir: Folder to write; an earlier export there is replaced only once the new one is complete, and any
+            other non-empty folder is refused.
+    """
+    path = TaskModule.load_checkpoint(ckpt_path).export(output_dir)
+    print(f"Exported {ckpt_path} to {path}")
+    return path
+
 class LabeledTaskModule(TaskModule):
-    """A task whose label set comes from the data module (or a checkpoint), and is saved in checkpoints and in the
+    """Base of the tasks whose label set comes from the data and travels with the model.
+
+    A task whose label set comes from the data module (or a checkpoint), and is saved in checkpoints and in the
     exported config (``id2label``), so `pipeline` names the labels.
 
     Raises: ConfigError when a checkpoint's labels differ from the data's.

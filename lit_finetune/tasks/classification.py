@@ -8,7 +8,7 @@ import torchmetrics
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
 from lit_finetune.bounds import Fraction, NonNegativeFloat, PositiveFloat, Probability
-from lit_finetune.tasks.base import LabeledTaskModule
+from lit_finetune.tasks.base import LabeledTaskModule, PerSplit
 from lit_finetune.tasks.distillation import DistillationMixin
 
 SPLITS = ("train", "val", "test")
@@ -39,6 +39,7 @@ class SequenceClassificationModule(DistillationMixin, LabeledTaskModule):
     """
 
     auto_class = AutoModelForSequenceClassification
+    best_mode = "max"  # accuracy and Spearman alike
 
     def __init__(
         self,
@@ -81,9 +82,7 @@ class SequenceClassificationModule(DistillationMixin, LabeledTaskModule):
                          problem_type="regression" if self.is_regression else "single_label_classification")
         if h.classifier_dropout is not None:
             overrides["classifier_dropout"] = h.classifier_dropout
-        for split in SPLITS:  # one collection per split: train_metrics, val_metrics, test_metrics
-            setattr(self, f"{split}_metrics", split_metrics(self.num_labels).clone(prefix=f"{split}/"))
-        self.best = torchmetrics.MaxMetric()  # both accuracy and Spearman: higher is better
+        self.metrics = PerSplit({split: split_metrics(self.num_labels).clone(prefix=f"{split}/") for split in SPLITS})
         return self.load_backbone(self.auto_class, **overrides)
 
     def forward(self, batch: dict) -> torch.Tensor:
@@ -101,27 +100,17 @@ class SequenceClassificationModule(DistillationMixin, LabeledTaskModule):
         outputs = self.student_outputs(batch, split)
         logits = outputs.logits
         loss = self.with_distillation(self.loss(logits, batch["labels"]), outputs, batch, split)
-        getattr(self, f"{split}_metrics").update(self.predictions(logits.detach()), batch["labels"])
+        self.metrics[split].update(self.predictions(logits.detach()), batch["labels"])
         self.log_loss(split, loss, len(batch["labels"]))
         return loss
 
-    def log_split_metrics(self, split: str) -> dict[str, torch.Tensor]:
-        metrics = getattr(self, f"{split}_metrics")
-        values = metrics.compute()  # synced across processes by torchmetrics
-        metrics.reset()
-        self.log_dict(values, prog_bar=split == "val")
-        return values
-
     def on_train_epoch_end(self) -> None:
-        # Nothing to log when a resume starts at the end of an epoch: its batches were counted before the checkpoint.
-        if any(metric.update_count for metric in self.train_metrics.values()):
-            self.log_split_metrics("train")
+        self.log_split_metrics("train")
 
     def on_validation_epoch_end(self) -> None:
         values = self.log_split_metrics("val")
-        if not self.trainer.sanity_checking:
-            self.best.update(values[f"val/{self.key_metric}"])
-            self.log(f"val/{self.key_metric}_best", self.best.compute())
+        if values:
+            self.log_best(self.key_metric, values[f"val/{self.key_metric}"])
 
     def on_test_epoch_end(self) -> None:
         self.log_split_metrics("test")

@@ -2,22 +2,43 @@
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 import torchmetrics
 from transformers import AutoModelForMultipleChoice, PreTrainedModel
 
+from lit_finetune.bounds import Fraction
 from lit_finetune.errors import ConfigError
-from lit_finetune.tasks.classification import SPLITS, SequenceClassificationModule
+from lit_finetune.tasks.base import LabeledTaskModule, PerSplit
+
+SPLITS = ("train", "val", "test")
 
 
-class MultipleChoiceModule(SequenceClassificationModule):
+class MultipleChoiceModule(LabeledTaskModule):
     """Fine-tunes ``AutoModelForMultipleChoice``; logs ``train/loss``, ``val/acc``, ``val/acc_best``, ``test/acc``.
 
-    The choice positions are the classes (``num_labels`` is the number of choices), so loss, steps, metric logging and
-    checkpoints are classification's; only the head, the metrics and the prediction rows differ.
-    Features: label smoothing; accuracy per split plus the best validation value so far; predictions with each
-    choice's probability.
+    The choice positions are the classes: ``num_labels`` is the number of choices, which comes from the data (or a
+    checkpoint). Features: label smoothing; accuracy per split plus the best validation value so far; predictions
+    with each choice's probability. No distillation: a teacher would need the same choices, and none is offered.
     Raises: ConfigError when a checkpoint's number of choices differs from the data's.
     """
+
+    best_mode = "max"  # accuracy
+
+    def __init__(
+        self,
+        model_name_or_path: str = "minilm",
+        label_smoothing: Fraction = 0.0,
+        classifier_dropout: Fraction | None = None,
+        **kwargs,
+    ):
+        """
+        Args:
+            model_name_or_path: Backbone to fine-tune (see TaskModule).
+            label_smoothing: Cross-entropy label smoothing over the choices (0 = off).
+            classifier_dropout: Dropout before the scoring head; the backbone's dropout when unset.
+        """
+        super().__init__(model_name_or_path=model_name_or_path, **kwargs)
 
     def build_model(self) -> PreTrainedModel:
         dm = self.datamodule
@@ -25,17 +46,36 @@ class MultipleChoiceModule(SequenceClassificationModule):
             self.num_labels = dm.num_choices
         if self.num_labels is None:
             raise ConfigError("model: the number of choices is unknown; train with a data module or load a checkpoint")
-        for split in SPLITS:  # accuracy only: F1 over choice positions means nothing
-            accuracy = torchmetrics.Accuracy(task="multiclass", num_classes=self.num_labels)
-            setattr(self, f"{split}_metrics", torchmetrics.MetricCollection({"acc": accuracy}, prefix=f"{split}/"))
-        self.best = torchmetrics.MaxMetric()
+        accuracy = torchmetrics.Accuracy(task="multiclass", num_classes=self.num_labels)  # F1 over positions: none
+        self.metrics = PerSplit({split: torchmetrics.MetricCollection({"acc": accuracy.clone()}, prefix=f"{split}/")
+                                 for split in SPLITS})
         dropout = self.hparams.classifier_dropout
         return self.load_backbone(AutoModelForMultipleChoice,
                                   **({} if dropout is None else {"classifier_dropout": dropout}))
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.model(**self.model_inputs(batch)).logits
+
+    def shared_step(self, batch: dict, split: str) -> torch.Tensor:
+        logits = self(batch)
+        loss = F.cross_entropy(logits, batch["labels"], label_smoothing=self.hparams.label_smoothing)
+        self.metrics[split].update(logits.detach().argmax(-1), batch["labels"])
+        self.log_loss(split, loss, len(batch["labels"]))
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log_split_metrics("train")
+
+    def on_validation_epoch_end(self) -> None:
+        values = self.log_split_metrics("val")
+        if values:
+            self.log_best("acc", values["val/acc"])
+
+    def on_test_epoch_end(self) -> None:
+        self.log_split_metrics("test")
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         probabilities = self(batch).float().softmax(-1).tolist()
         return [{"id": example_id, "label": max(range(len(probs)), key=probs.__getitem__),
                  "probabilities": {str(choice): round(p, 6) for choice, p in enumerate(probs)}}
                 for example_id, probs in zip(batch["example_id"], probabilities)]
-

@@ -9,7 +9,6 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
-import torchmetrics
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torchmetrics.text import SQuAD
 from transformers import AutoModelForQuestionAnswering, PreTrainedModel
@@ -86,7 +85,9 @@ def gather_rows(trainer: pl.Trainer, rows: list[dict]) -> list[dict]:
 
 
 class QuestionAnsweringModule(TaskModule):
-    """Fine-tunes ``AutoModelForQuestionAnswering``; logs ``train/loss``, ``val/loss``, ``val/em``, ``val/f1``,
+    """Extractive question answering on ``AutoModelForQuestionAnswering`` (SQuAD EM / F1).
+
+    Fine-tunes ``AutoModelForQuestionAnswering``; logs ``train/loss``, ``val/loss``, ``val/em``, ``val/f1``,
     ``val/f1_best`` (and ``test/...``). EM and F1 are the official SQuAD script's, on a 0-100 scale: answers
     normalized (lower case, no punctuation, no a/an/the, single spaces), best over the gold answers.
 
@@ -95,6 +96,8 @@ class QuestionAnsweringModule(TaskModule):
     correct under DDP (the windows' candidates are gathered before answers are chosen); ``predict`` with
     QuestionAnsweringPredictionWriter writes SQuAD's ``{id: answer}`` prediction JSON.
     """
+
+    best_mode = "max"  # F1
 
     def __init__(
         self,
@@ -115,7 +118,6 @@ class QuestionAnsweringModule(TaskModule):
         super().__init__(model_name_or_path=model_name_or_path, **kwargs)
         for split in SPLITS:  # one metric per scored split: val_metrics, test_metrics
             setattr(self, f"{split}_metrics", SQuAD())
-        self.best = torchmetrics.MaxMetric()
         self.candidates: list[dict] = []  # per-window rows of the running evaluation epoch
 
     def build_model(self) -> PreTrainedModel:
@@ -173,10 +175,7 @@ class QuestionAnsweringModule(TaskModule):
     on_test_epoch_start = on_validation_epoch_start
 
     def on_validation_epoch_end(self) -> None:
-        values = self.log_scores("val")
-        if not self.trainer.sanity_checking:
-            self.best.update(values["val/f1"])
-            self.log("val/f1_best", self.best.compute())
+        self.log_best("f1", self.log_scores("val")["val/f1"])
 
     def on_test_epoch_end(self) -> None:
         self.log_scores("test")
@@ -188,7 +187,9 @@ class QuestionAnsweringModule(TaskModule):
 
 
 class QuestionAnsweringPredictionWriter(BasePredictionWriter):
-    """Writes ``predict``'s answers as SQuAD prediction JSON, ``{question id: answer text}`` ("" = no answer), the
+    """Write `predict`'s answers as a SQuAD prediction JSON file.
+
+    Writes ``predict``'s answers as SQuAD prediction JSON, ``{question id: answer text}`` ("" = no answer), the
     format the official evaluation script reads; one file, written by rank 0 from all processes' windows."""
 
     def __init__(self, output_file: str | None = None):

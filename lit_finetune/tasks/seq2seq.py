@@ -7,7 +7,6 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-import torchmetrics
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, PreTrainedModel
 
 from lit_finetune import backbones
@@ -15,13 +14,15 @@ from lit_finetune.bounds import Fraction, NonNegativeInt, PositiveInt
 from lit_finetune.errors import ConfigError
 from lit_finetune.tasks.base import TaskModule
 from lit_finetune.tasks.generation_metrics import GenerationScores
-from lit_finetune.training.callbacks import record_samples
+from lit_finetune.training.samples import record_samples
 
 ScoreName = Literal["bleu", "rouge1", "rouge2", "rougeL"]
 
 
 class Seq2SeqModule(TaskModule):
-    """Fine-tunes ``AutoModelForSeq2SeqLM`` (T5, BART, Marian, ...) with teacher forcing; at validation and test it
+    """Sequence-to-sequence fine-tuning (T5, BART, Marian, ...), scored by BLEU and ROUGE.
+
+    Fine-tunes ``AutoModelForSeq2SeqLM`` (T5, BART, Marian, ...) with teacher forcing; at validation and test it
     generates and logs ``val/bleu``, ``val/rouge1``, ``val/rouge2``, ``val/rougeL`` next to ``val/loss``.
 
     Features: greedy or beam-search generation; label smoothing; generation on all or the first N validation
@@ -30,6 +31,8 @@ class Seq2SeqModule(TaskModule):
     predictions as ``{id, source, prediction}`` rows.
     Raises: ConfigError for an encoder-only backbone (BERT, MiniLM, ...), which has no decoder to generate with.
     """
+
+    best_mode = "max"  # BLEU and ROUGE: higher is better
 
     def __init__(
         self,
@@ -63,7 +66,6 @@ class Seq2SeqModule(TaskModule):
             raise ConfigError(f"model: num_beams ({num_beams}) and max_new_tokens ({max_new_tokens}) must be >= 1")
         self.val_scores = GenerationScores()  # one metric object per evaluated split
         self.test_scores = GenerationScores()
-        self.best = torchmetrics.MaxMetric()  # BLEU and ROUGE: higher is better
         self.samples: list[dict] = []
 
     def require_encoder_decoder(self) -> None:
@@ -140,9 +142,7 @@ class Seq2SeqModule(TaskModule):
     def on_validation_epoch_end(self) -> None:
         values = self.log_scores("val")
         if values and not self.trainer.sanity_checking:
-            name = self.hparams.best_metric
-            self.best.update(values[f"val/{name}"])
-            self.log(f"val/{name}_best", self.best.compute())
+            self.log_best(self.hparams.best_metric, values[f"val/{self.hparams.best_metric}"])
             self.log_samples()
 
     def on_test_epoch_end(self) -> None:

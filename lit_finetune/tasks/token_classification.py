@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torchmetrics
 from safetensors.torch import save_file
 from seqeval import scheme as seqeval_schemes
 from seqeval.metrics import classification_report
@@ -45,7 +44,9 @@ def entity_scores(gold: list[list[str]], predicted: list[list[str]], scheme: Tag
 
 
 class TokenClassificationModule(DistillationMixin, LabeledTaskModule):
-    """Fine-tunes ``AutoModelForTokenClassification``; logs ``val/f1``, ``val/precision``, ``val/recall`` and
+    """Token classification (NER) with entity-level F1, and an optional CRF.
+
+    Fine-tunes ``AutoModelForTokenClassification``; logs ``val/f1``, ``val/precision``, ``val/recall`` and
     ``val/f1_<TYPE>`` at the entity level (never token accuracy), and ``val/f1_best``.
 
     Features: optional CRF over the words with decoding constrained by the data's tag scheme; first-sub-token or
@@ -55,6 +56,8 @@ class TokenClassificationModule(DistillationMixin, LabeledTaskModule):
     knowledge distillation from a teacher's per-token predictions (see tasks/distillation.py).
     Raises: ConfigError when a checkpoint's tags differ from the data's, or the teacher does not fit the student.
     """
+
+    best_mode = "max"  # entity F1
 
     auto_class = AutoModelForTokenClassification
 
@@ -91,7 +94,6 @@ class TokenClassificationModule(DistillationMixin, LabeledTaskModule):
         self.tag_scheme: TagScheme | None = None
         self.crf: CRF | None = None
         self.sequences: dict[str, tuple[list, list]] = {}  # split -> (gold, predicted) tag sequences of the epoch
-        self.best = torchmetrics.MaxMetric()  # the best validation F1 so far, as the other tasks keep theirs
 
     def build_model(self) -> PreTrainedModel:
         self.take_labels_from_data()
@@ -170,10 +172,7 @@ class TokenClassificationModule(DistillationMixin, LabeledTaskModule):
         return scores
 
     def on_validation_epoch_end(self) -> None:
-        scores = self.log_entity_scores("val")
-        if not self.trainer.sanity_checking:
-            self.best.update(scores["val/f1"])
-            self.log("val/f1_best", self.best.compute())
+        self.log_best("f1", self.log_entity_scores("val")["val/f1"])
 
     def on_test_epoch_end(self) -> None:
         self.log_entity_scores("test")

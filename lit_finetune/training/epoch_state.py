@@ -25,9 +25,10 @@ def _cpu(value):
 
 
 def train_metrics(module: torch.nn.Module) -> dict[str, torchmetrics.Metric]:
-    """The torchmetrics that accumulate over a training epoch: those under a ``train_*`` attribute."""
-    return {name: m for name, m in module.named_modules()
-            if isinstance(m, torchmetrics.Metric) and name.split(".")[0].startswith("train_")}
+    """The torchmetrics that accumulate over a training epoch: those under a ``train_*`` attribute or a ``train``
+    key (of a ModuleDict of splits)."""
+    return {name: m for name, m in module.named_modules() if isinstance(m, torchmetrics.Metric)
+            and any(part == "train" or part.startswith("train_") for part in name.split("."))}
 
 
 def capture(module, results) -> dict:

@@ -9,7 +9,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
-from lit_finetune import run_folder
+from lit_finetune.io import write_text
 
 
 class _AppendingWriter(ExperimentWriter):
@@ -38,7 +38,7 @@ class _AppendingWriter(ExperimentWriter):
         writer = csv.DictWriter(text, fieldnames=self.metrics_keys)
         writer.writeheader()
         writer.writerows(rows)
-        run_folder.write_text(self.metrics_file_path, text.getvalue())
+        write_text(self.metrics_file_path, text.getvalue())
 
     def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
         with self._fs.open(self.metrics_file_path, "r", newline="") as file:
@@ -48,7 +48,9 @@ class _AppendingWriter(ExperimentWriter):
 
 
 class RunCSVLogger(CSVLogger):
-    """CSVLogger that writes metrics.csv straight into the run folder and never discards earlier rows. Alone in
+    """The run's own metrics.csv, kept across resumes.
+
+    CSVLogger that writes metrics.csv straight into the run folder and never discards earlier rows. Alone in
     ``--trainer.logger=lit_finetune.training.loggers.RunCSVLogger`` it keeps a run off W&B; the CLI sets save_dir,
     and resume_step when a run resumes."""
 

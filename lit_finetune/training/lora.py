@@ -26,7 +26,9 @@ ALL_LINEAR = "all-linear"  # peft's shorthand: every linear layer but the output
 
 @dataclass
 class LoraSettings:
-    """Low-rank adaptation instead of full fine-tuning: the pretrained weights stay frozen, a small rank-`r` update
+    """LoRA: train small low-rank updates beside frozen pretrained weights.
+
+    Low-rank adaptation instead of full fine-tuning: the pretrained weights stay frozen, a small rank-`r` update
     is trained beside each targeted layer, and the task head is trained in full.
 
     Args:

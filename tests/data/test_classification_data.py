@@ -5,8 +5,8 @@ import json
 import datasets
 import pytest
 import torch
-
 from helpers import sentiment_rows, write_rows
+
 from lit_finetune.data import TextClassificationDataModule
 from lit_finetune.errors import ConfigError, DataError
 
@@ -110,6 +110,13 @@ def test_tokenized_once_then_loaded_from_cache(tmp_path, tiny_data):
                      max_length=32)
     assert other.cache_path() != cache
     assert json.loads((cache / "meta.json").read_text())["sizes"] == {"train": 64, "validation": 32}
+    # The key comes from the settings: how data is batched or loaded shares the cache, anything else does not.
+    files = dict(train_file=str(tiny_data["train"]), validation_file=str(tiny_data["validation"]))
+    batching = TextClassificationDataModule(model_name_or_path="tiny:bert", cache_dir=str(tmp_path / "cache"),
+                                            batch_size=3, eval_batch_size=5, num_workers=1, **files)
+    assert batching.cache_path() == cache
+    for setting in (dict(seed=7), dict(id_column="text"), dict(label_names=["bad", "good"])):
+        assert make(tmp_path, **files, **setting).cache_path() != cache, setting
 
 
 def test_length_grouped_batches_pad_less(tmp_path):

@@ -1,8 +1,8 @@
 """MultipleChoiceDataModule: SWAG-style columns or a list column, labels as index or text, padding, and its errors."""
 
 import pytest
-
 from helpers import write_rows
+
 from lit_finetune.data.multiple_choice import MultipleChoiceDataModule
 from lit_finetune.errors import ConfigError, DataError
 

@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 from helpers import write_rows
+
 from lit_finetune.data.question_answering import QuestionAnsweringDataModule
 from lit_finetune.errors import ConfigError, DataError
 

@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 from helpers import write_rows
+
 from lit_finetune.data import readers
 from lit_finetune.errors import DataError
 

@@ -4,8 +4,8 @@ import gzip
 import json
 
 import pytest
-
 from helpers import write_rows
+
 from lit_finetune.data.seq2seq import Seq2SeqDataModule
 from lit_finetune.errors import ConfigError, DataError
 

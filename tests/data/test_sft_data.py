@@ -3,9 +3,9 @@
 import json
 
 import pytest
+from helpers import write_rows
 from transformers import AutoTokenizer
 
-from helpers import write_rows
 from lit_finetune import backbones
 from lit_finetune.data.instructions import IGNORE, InstructionDataModule
 from lit_finetune.errors import ConfigError, DataError

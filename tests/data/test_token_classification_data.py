@@ -3,12 +3,11 @@
 import json
 
 import pytest
-
 from helpers import write_conll
+
 from lit_finetune.data import TokenClassificationDataModule, readers
 from lit_finetune.data.tag_schemes import first_invalid
 from lit_finetune.errors import ConfigError, DataError
-
 
 SENTENCES = [(["John", "lives", "in", "New", "York"], ["B-PER", "O", "O", "B-LOC", "I-LOC"]),
              (["Acme", "hired", "Mary"], ["B-ORG", "O", "B-PER"])]

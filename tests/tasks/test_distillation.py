@@ -6,13 +6,13 @@ from argparse import ArgumentError
 
 import pytest
 import torch
+from helpers import OFFLINE_ENV, REPO, entity_sentences, metrics_rows, tiny_args, tiny_splits, write_conll, write_rows
 from lightning.pytorch import Callback
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
-from helpers import OFFLINE_ENV, REPO, entity_sentences, metrics_rows, tiny_args, tiny_splits, write_conll, write_rows
 from lit_finetune import backbones
-from lit_finetune.cli import LitFinetuneCLI
+from lit_finetune.commands.fit import LitFinetuneCLI
 from lit_finetune.errors import ConfigError
 from lit_finetune.tasks import SequenceClassificationModule, TaskModule, TokenClassificationModule
 

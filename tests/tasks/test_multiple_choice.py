@@ -5,10 +5,10 @@ import random
 
 import pytest
 import torch
+from helpers import REPO, logged_values, metrics_rows, one_line_error, write_rows
 from transformers import AutoModelForMultipleChoice, AutoTokenizer
 
-from helpers import REPO, logged_values, metrics_rows, write_rows
-from lit_finetune.cli import LitFinetuneCLI
+from lit_finetune.commands.fit import LitFinetuneCLI
 from lit_finetune.tasks.multiple_choice import MultipleChoiceModule
 
 SWAG = REPO / "configs" / "multiple_choice" / "swag.yaml"
@@ -73,3 +73,11 @@ def test_fit_learns_then_predict_and_export_agree(tmp_path):
     with torch.no_grad():
         probs = model(**{k: v.unsqueeze(0) for k, v in enc.items()}).logits.softmax(-1)[0].tolist()
     assert probs == pytest.approx([rows[0]["probabilities"][str(k)] for k in range(4)], abs=1e-4)
+
+
+def test_distillation_is_refused_in_one_line(capsys, tmp_path):
+    """Multiple choice has no teacher: a config that names one stops at parsing, naming the key."""
+    line = one_line_error(capsys, ["fit", *swag_args({"train": tmp_path / "none.csv"}, tmp_path / "run"),
+                                   "--model.init_args.teacher=some/teacher"])
+    assert "teacher" in line
+    assert not (tmp_path / "run").exists()

@@ -6,19 +6,22 @@ import random
 
 import pytest
 import torch
+import wandb
+from helpers import REPO, assert_pinned, first_losses, logged_values, metrics_rows, run_cli, tiny_args, wandb_records
 from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
 
-import wandb
-
-from helpers import REPO, logged_values, metrics_rows, run_cli, tiny_args, wandb_records
 from lit_finetune import backbones
-from lit_finetune.cli import LitFinetuneCLI
+from lit_finetune.commands.fit import LitFinetuneCLI
 from lit_finetune.errors import ConfigError
 from lit_finetune.tasks.pretraining import CausalLMModule, MaskedLMModule
 from lit_finetune.tasks.pretraining.masking import IGNORE, mask_tokens, select_tokens
 
 TEMPLATES = ["the {} ball rolled slowly to the {} .", "a {} dog sat on the {} mat .", "we walked to the {} park ."]
 SLOTS = "red blue green small big old new quiet".split()
+
+
+PINNED_MLM = [10.284393, 10.116630, 9.978696, 9.895097]  # first four step losses; see helpers.assert_pinned
+PINNED_ELECTRA = [44.997917, 43.901398, 42.888718, 42.215557]
 
 
 @pytest.fixture
@@ -101,7 +104,8 @@ def test_mlm_with_sentence_pair_objective(config, task, model, corpus_file, tmp_
     assert len(total) == 3 and total[-1] < total[0]
     assert logged_values(run, "val/mlm_loss")[-1] < logged_values(run, "val/mlm_loss")[0]
     assert len(logged_values(run, f"val/{task}_loss")) == 3 and len(logged_values(run, f"train/{task}_loss_step")) > 0
-    assert all(0 <= a <= 1 for a in logged_values(run, f"val/{task}_acc"))
+    pair_acc = logged_values(run, f"val/{task}_acc")
+    assert len(pair_acc) == 3 and all(0 <= a <= 1 for a in pair_acc)
     assert (run / "export" / "config.json").is_file()
 
 
@@ -173,7 +177,8 @@ def test_electra_trains_and_exports_the_discriminator_for_fine_tuning(corpus_fil
     losses = logged_values(run, "val/loss")
     assert len(losses) == 3 and losses[-1] < losses[0]
     for key in ("val/disc_acc", "val/replaced_precision", "val/replaced_recall", "val/generator_acc"):
-        assert all(0 <= v <= 1 for v in logged_values(run, key)), key
+        values = logged_values(run, key)
+        assert len(values) == 3 and all(0 <= v <= 1 for v in values), key
     for part in ("val/generator_loss", "val/discriminator_loss"):  # both parts learn, not only their sum
         assert logged_values(run, part)[-1] < logged_values(run, part)[0], part
     classifier = AutoModelForSequenceClassification.from_pretrained(run / "export", num_labels=2)
@@ -224,9 +229,9 @@ def test_pretraining_resumed_mid_epoch_draws_the_same_masks_and_ends_where_an_un
         config, extra, corpus_file, tmp_path):
     """Masks, random replacements and ELECTRA's sampled tokens come from the per-step seed: a run preempted
     mid-epoch (SIGTERM, in this process) and resumed by the same command ends with the uninterrupted run's weights
-    and metrics, the interrupted epoch's training aggregates included."""
+    and metrics, the interrupted epoch's training aggregates included. One epoch of 10 steps, validated twice."""
     def callbacks(folder, signals=None):
-        listed = [{"class_path": "lit_finetune.training.checkpointing.RunCheckpoint",
+        listed = [{"class_path": "lit_finetune.callbacks.RunCheckpoint",
                    "init_args": {"monitor": "val/loss", "mode": "min", "save_top_k": 1}}]
         if signals:
             listed.append({"class_path": "faults.SignalAt", "init_args": {"signals": signals,
@@ -236,8 +241,8 @@ def test_pretraining_resumed_mid_epoch_draws_the_same_masks_and_ends_where_an_un
         return f"--config={path}"
 
     def run(run_dir, *more):
-        return pretrain_args(config, corpus_file, run_dir, *extra, "--trainer.max_epochs=2",
-                             "--trainer.val_check_interval=0.5", "--trainer.enable_progress_bar=false", *more)
+        return pretrain_args(config, corpus_file, run_dir, *extra, "--trainer.max_epochs=1", "--trainer.max_steps=10",
+                             "--trainer.val_check_interval=4", "--trainer.enable_progress_bar=false", *more)
 
     reference = tmp_path / "reference"
     reference.mkdir()
@@ -252,7 +257,14 @@ def test_pretraining_resumed_mid_epoch_draws_the_same_masks_and_ends_where_an_un
     LitFinetuneCLI(args=args)
     assert json.loads((resumed / "run.json").read_text())["status"] == "finished"
     rows, reference_rows = metrics_rows(resumed), metrics_rows(reference)
-    assert len([r for r in reference_rows if r.get("train/loss_epoch")]) == 2 and rows == reference_rows
+    assert len([r for r in reference_rows if r.get("train/loss_epoch")]) == 1 and rows == reference_rows
     ours = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     theirs = torch.load(reference / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+@pytest.mark.parametrize("config, pinned", [("mlm.yaml", PINNED_MLM), ("electra.yaml", PINNED_ELECTRA)])
+def test_pinned_losses(config, pinned, corpus_file, tmp_path):
+    args = pretrain_args(config, corpus_file, tmp_path / "unused", "--model.init_args.model_name_or_path=tiny:"
+                         + ("bert" if config == "mlm.yaml" else "electra"))
+    assert_pinned(first_losses(tmp_path / "run", *args), pinned)

@@ -7,16 +7,19 @@ import random
 
 import pytest
 import torch
+from helpers import REPO, assert_pinned, first_losses, logged_values, metrics_rows, run_cli
 from torchmetrics.text import SQuAD
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-from helpers import REPO, logged_values, metrics_rows, run_cli
-from lit_finetune.cli import LitFinetuneCLI
+from lit_finetune.commands.fit import LitFinetuneCLI
 from lit_finetune.tasks.question_answering import answers_by_id, best_spans, squad_inputs
 
 CONFIG = REPO / "configs" / "qa" / "squad.yaml"
 COLOURS = "red blue green gold black white pink gray".split()
 FILLER = "the a river city old new song film game team".split()
+
+
+PINNED = [3.253285, 3.152085, 3.211803, 3.099508]  # first four step losses; see helpers.assert_pinned
 
 
 def synthetic_squad(path, n: int, seed: int):
@@ -139,3 +142,7 @@ def test_shipped_config_trains_through_the_cli(tmp_path, squad_files):
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "finished" and record["best"]["metric"] == "val/f1"
     assert (run_dir / "export" / "model.safetensors").is_file()
+
+
+def test_pinned_losses(tmp_path, squad_files):
+    assert_pinned(first_losses(tmp_path / "run", *tiny_qa_args(squad_files, tmp_path / "unused")), PINNED)

@@ -8,19 +8,20 @@ import lightning.pytorch as pl
 import pytest
 import sacrebleu
 import torch
+from helpers import REPO, assert_pinned, first_losses, logged_values, metrics_rows, run_cli
 from lightning.pytorch.loggers import CSVLogger
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-from helpers import REPO, logged_values, metrics_rows, run_cli
+from lit_finetune.callbacks import PredictionWriter
 from lit_finetune.data.seq2seq import Seq2SeqDataModule
 from lit_finetune.data.tokenizer_training import train_tokenizer
 from lit_finetune.errors import ConfigError
 from lit_finetune.tasks.generation_metrics import GenerationScores, corpus_bleu, rouge
 from lit_finetune.tasks.seq2seq import Seq2SeqModule
-from lit_finetune.training.callbacks import PredictionWriter
 
 WORDS = "red blue green cat dog house tree car sun moon".split()
 CONFIG = REPO / "configs" / "seq2seq" / "multi30k_en_de.yaml"
+PINNED = [4.550548, 4.431538, 4.339731, 4.087313]  # first four step losses; see helpers.assert_pinned
 
 
 def sentences(n: int, seed: int) -> list[str]:
@@ -161,3 +162,12 @@ def test_shipped_config_trains_on_parallel_files_through_the_cli(copy_task, tmp_
     table = json.loads(table.read_text())
     assert table["columns"] == ["step", "id", "source", "reference", "prediction"] and len(table["data"]) == 4
     assert [row[1:3] for row in table["data"]] == [[str(i), s] for i, s in enumerate(sentences(16, 1)[:4])]
+
+
+def test_pinned_losses(copy_task, tmp_path):
+    files = copy_task["files"]
+    args = ["--config", str(CONFIG), "--model.init_args.model_name_or_path=tiny:t5",
+            f"--model.init_args.tokenizer_name_or_path={copy_task['tokenizer']}", "--data.init_args.dataset_name=null",
+            f"--data.init_args.train_file={files['train']}", f"--data.init_args.validation_file={files['val']}",
+            "--data.init_args.batch_size=8"]
+    assert_pinned(first_losses(tmp_path / "run", *args), PINNED)

@@ -5,14 +5,16 @@ import json
 
 import pytest
 import torch
+from helpers import assert_pinned, first_losses, logged_values, metrics_rows, tiny_args, write_rows
 from lightning.pytorch import Callback
 from transformers import pipeline
 
-from helpers import logged_values, metrics_rows, tiny_args, write_rows
-from lit_finetune.cli import LitFinetuneCLI
+from lit_finetune.commands.fit import LitFinetuneCLI
 from lit_finetune.errors import ConfigError
 from lit_finetune.tasks import SequenceClassificationModule
 from lit_finetune.training.optim import param_groups
+
+PINNED = [0.688947, 0.648242, 0.741069, 0.747751]  # first four step losses; see helpers.assert_pinned
 
 
 def run(subcommand: str, *args: str) -> LitFinetuneCLI:
@@ -80,7 +82,7 @@ def test_predict_writes_ids_labels_and_probabilities(tmp_path, tiny_data):
     run("fit", *tiny_args(tiny_data, run_dir))
     predict_dir = tmp_path / "predict"
     out = predict_dir / "predictions.csv"
-    run("predict", *tiny_args(tiny_data, predict_dir, "--trainer.callbacks+=lit_finetune.training.callbacks.PredictionWriter",
+    run("predict", *tiny_args(tiny_data, predict_dir, "--trainer.callbacks+=lit_finetune.callbacks.PredictionWriter",
                               f"--trainer.callbacks.output_file={out}"),
         "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt"))
     rows = list(csv.DictReader(out.open()))
@@ -148,3 +150,7 @@ def test_checkpoint_with_other_labels_cannot_resume(tmp_path, tiny_data):
         run("fit", *tiny_args(other, tmp_path / "run2"), "--ckpt_path", last)
     with pytest.raises(ConfigError, match=r"--ckpt_path: the checkpoint was trained on labels"):
         run("fit", *tiny_args(other, tmp_path / "run3"), "--ckpt_path", last, "--resume_changes=allow")
+
+
+def test_pinned_losses(tmp_path, tiny_data):
+    assert_pinned(first_losses(tmp_path / "run", *tiny_args(tiny_data, tmp_path / "unused")), PINNED)

@@ -6,21 +6,24 @@ import json
 import lightning.pytorch as pl
 import pytest
 import torch.nn.functional as F
+from helpers import REPO, assert_pinned, first_losses, logged_values, metrics_rows, run_cli, write_rows
 from lightning.pytorch.loggers import CSVLogger
 from transformers import AutoModelForCausalLM, pipeline
 
-from helpers import REPO, logged_values, metrics_rows, run_cli, write_rows
 from lit_finetune import backbones
+from lit_finetune.callbacks import ExportBestModel, PredictionWriter, ResponseSamples
 from lit_finetune.data.instructions import IGNORE, InstructionDataModule
 from lit_finetune.errors import ConfigError
-from lit_finetune.tasks.sft import CausalSFTModule, ResponseSamples
-from lit_finetune.training.callbacks import ExportBestModel, PredictionWriter
-from lit_finetune.training.export import export_checkpoint
+from lit_finetune.tasks.base import export_checkpoint
+from lit_finetune.tasks.sft import CausalSFTModule
 
 CONFIG = REPO / "configs" / "sft" / "smollm2_instructions.yaml"
 COLOURS = [("sky", "blue"), ("grass", "green"), ("snow", "white"), ("sun", "yellow")]
 PAIRS = [{"id": f"q{i}", "prompt": f"what colour is the {thing} ?", "response": f"it is {colour} ."}
          for i, (thing, colour) in enumerate(COLOURS)]
+
+
+PINNED = [10.337357, 10.356561, 10.371833, 10.352617]  # first four step losses; see helpers.assert_pinned
 
 
 def instruction_files(folder, rows=PAIRS, splits=("train", "validation", "predict")) -> dict:
@@ -122,3 +125,12 @@ def test_shipped_config_trains_through_the_cli(tmp_path):
     [best] = (run_dir / "checkpoints").glob("best-step*.ckpt")
     export_checkpoint(str(best), str(tmp_path / "exported"))  # `lit-finetune export`, in-process
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "exported").config.model_type == "gpt2"
+
+
+def test_pinned_losses(tmp_path):
+    files = instruction_files(tmp_path / "data")
+    args = ["--config", str(CONFIG), "--model.init_args.model_name_or_path=tiny:gpt2",
+            "--data.init_args.dataset_name=null", "--data.init_args.messages_column=null",
+            *(f"--data.init_args.{key}={path}" for key, path in files.items()), "--data.init_args.id_column=id",
+            "--data.init_args.batch_size=1"]
+    assert_pinned(first_losses(tmp_path / "run", *args), PINNED)

@@ -4,16 +4,19 @@ import random
 
 import pytest
 import torch
+from helpers import REPO, assert_pinned, first_losses, logged_values, write_rows
 from sentence_transformers import SentenceTransformer
 from transformers import AutoModel, AutoTokenizer
 
-from helpers import REPO, logged_values, write_rows
-from lit_finetune.cli import LitFinetuneCLI
+from lit_finetune.commands.fit import LitFinetuneCLI
 from lit_finetune.data import SentenceEmbeddingDataModule
 from lit_finetune.errors import ConfigError, DataError
 from lit_finetune.tasks.pretraining.simcse import pool
 
 ANIMALS, PLACES = "cat dog bird horse fish cow".split(), "park river house garden road field".split()
+
+
+PINNED = [3.216727, 3.093339, 3.056410, 3.004836]  # first four step losses; see helpers.assert_pinned
 
 
 @pytest.fixture
@@ -48,7 +51,8 @@ def test_unsupervised_simcse_trains_and_exports_a_sentence_transformer(sts_data,
     cli = LitFinetuneCLI(args=["fit", *simcse_args(sts_data, run, f"--data.init_args.train_file={sts_data / 'sentences.txt'}")])
     losses = logged_values(run, "train/loss_epoch")
     assert len(losses) == 3 and losses[-1] < losses[0]
-    assert all(-1 <= s <= 1 for s in logged_values(run, "val/spearman")) and logged_values(run, "val/pearson")
+    spearman, pearson = logged_values(run, "val/spearman"), logged_values(run, "val/pearson")
+    assert len(spearman) == len(pearson) == 3 and all(-1 <= s <= 1 for s in spearman + pearson)
     export = run / "export"
     encoder = SentenceTransformer(str(export), device="cpu")
     sentences = ["the cat walked to the park today", "a dog"]
@@ -79,3 +83,8 @@ def test_bad_sentence_data_is_named(sts_data, tmp_path):
         dm.prepare_data()
     with pytest.raises(ConfigError, match=r"data.negative_column: hard negatives need data.positive_column"):
         SentenceEmbeddingDataModule("tiny:bert", train_file="x.csv", negative_column="neg")
+
+
+def test_pinned_losses(tmp_path, sts_data):
+    args = simcse_args(sts_data, tmp_path / "unused", f"--data.init_args.train_file={sts_data / 'sentences.txt'}")
+    assert_pinned(first_losses(tmp_path / "run", *args), PINNED)

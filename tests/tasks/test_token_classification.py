@@ -5,17 +5,20 @@ import itertools
 
 import pytest
 import torch
+from helpers import assert_pinned, entity_sentences, first_losses, logged_values, metrics_rows, write_conll
 from safetensors.torch import load_file
 from transformers import pipeline
 
-from helpers import entity_sentences, logged_values, metrics_rows, write_conll
-from lit_finetune.cli import LitFinetuneCLI
+from lit_finetune.commands.fit import LitFinetuneCLI
 from lit_finetune.data.tag_schemes import first_invalid
 from lit_finetune.tasks.crf import CRF
 from lit_finetune.tasks.token_classification import entity_scores, words_first
 
 CONFIG = "configs/ner/conll2003.yaml"
 TAGS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+
+
+PINNED = [1.820072, 1.682543, 1.649568, 1.589613]  # first four step losses; see helpers.assert_pinned
 
 
 @pytest.fixture
@@ -108,3 +111,7 @@ def test_entity_scores_conlleval_and_strict():
     strict = entity_scores(gold, predicted, "IOB2", strict=True)
     assert default["f1"] == pytest.approx(0.5) and default["f1_PER"] == 1.0 and default["f1_LOC"] == 0.0
     assert strict["f1"] == 0.0  # strict IOB2: an entity must open with B-
+
+
+def test_pinned_losses(tmp_path, ner_files):
+    assert_pinned(first_losses(tmp_path / "run", *ner_args(ner_files, tmp_path / "unused")), PINNED)

@@ -9,11 +9,11 @@ from pathlib import Path
 import onnxruntime
 import pytest
 import torch
+from helpers import run_cli, sentiment_rows, write_rows
 from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from helpers import run_cli, sentiment_rows, write_rows
 from lit_finetune import backbones
-from lit_finetune.deploy import deploy, load_quantized, quantize, read_eval_file
+from lit_finetune.commands.deploy import deploy, load_quantized, quantize, read_eval_file
 from lit_finetune.errors import ConfigError, DataError
 
 LABELS = ("bad", "good")

@@ -2,13 +2,17 @@
 
 import pytest
 import torch
-from lightning.pytorch import Callback
-from transformers import (AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification,
-                          AutoModelForTokenClassification)
-
 from helpers import REPO, logged_values, metrics_rows, tiny_args
+from lightning.pytorch import Callback
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+)
+
 from lit_finetune import backbones
-from lit_finetune.cli import LitFinetuneCLI
+from lit_finetune.commands.fit import LitFinetuneCLI
 from lit_finetune.errors import ConfigError
 from lit_finetune.training.layers import head_module_names, layer_groups
 from lit_finetune.training.optim import add_param_groups, build_scheduler

@@ -7,14 +7,18 @@ import sys
 
 import pytest
 import torch
+from helpers import OFFLINE_ENV
 from jsonargparse import ArgumentParser
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file
-from transformers import (AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification,
-                          AutoModelForTokenClassification)
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+)
 
-from helpers import OFFLINE_ENV
 from lit_finetune.backbones import load_model
 from lit_finetune.errors import ConfigError
 from lit_finetune.training.layers import parameter_counts
@@ -240,12 +244,12 @@ def test_settings_parse_as_a_config_type(value, targets):
 def test_lora_run_exports_merged_model_and_adapter_and_reloads_its_checkpoint(tmp_path, tiny_data):
     """Through the CLI with the shipped fragment: the export loads in a pipeline without peft, the adapter loads on
     the base model with peft, and `lit-finetune export` rebuilds the same model from the checkpoint."""
+    from helpers import REPO, tiny_args
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from helpers import REPO, tiny_args
-    from lit_finetune.cli import LitFinetuneCLI
-    from lit_finetune.training.export import export_checkpoint
+    from lit_finetune.commands.fit import LitFinetuneCLI
+    from lit_finetune.tasks.base import export_checkpoint
 
     run_dir = tmp_path / "run"
     cli = LitFinetuneCLI(args=["fit", *tiny_args(tiny_data, run_dir, "--config",

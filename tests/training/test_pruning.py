@@ -4,19 +4,19 @@ checkpoints and exports with plain zeroed weights, resuming, the shipped config 
 import lightning.pytorch as pl
 import pytest
 import torch
+from helpers import REPO, logged_values, tiny_args
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from helpers import REPO, logged_values, tiny_args
 from lit_finetune import backbones
-from lit_finetune.cli import LitFinetuneCLI
+from lit_finetune.callbacks import ExportBestModel
+from lit_finetune.callbacks.pruning import ScheduledPruning, prunable_weights
+from lit_finetune.commands.fit import LitFinetuneCLI
 from lit_finetune.data import TextClassificationDataModule
 from lit_finetune.errors import ConfigError
 from lit_finetune.tasks import SequenceClassificationModule
-from lit_finetune.training.callbacks import ExportBestModel
-from lit_finetune.training.pruning import ScheduledPruning, prunable_weights
 
 PRUNING_CONFIG = REPO / "configs" / "strategies" / "pruning.yaml"
 STEPS = 16  # 64 training rows, batches of 8, 2 epochs

@@ -18,25 +18,19 @@ from lit_finetune.tasks.pretraining.masking import IGNORE, mask_tokens, select_t
 SPLITS = ("train", "val")
 
 
-class LanguageModelingModule(TaskModule):
-    """What both objectives share: token-weighted loss and accuracy per split, perplexity = exp(mean token loss)."""
+class TokenAverages(torch.nn.Module):
+    """Token-weighted mean loss and accuracy per split (weighted by the predicted tokens, so the means are exact),
+    and what a language model logs from them: loss, perplexity = exp(mean token loss) and accuracy."""
 
-    auto_class = None  # the transformers Auto class of the head
+    def __init__(self, splits: tuple[str, ...], acc_name: str):
+        super().__init__()
+        self.acc_name = acc_name
+        for split in splits:
+            self.add_module(f"{split}_nll", torchmetrics.MeanMetric())
+            self.add_module(f"{split}_token_acc", torchmetrics.MeanMetric())
 
-    def __init__(self, model_name_or_path: str = "minilm", **kwargs):
-        super().__init__(model_name_or_path=model_name_or_path, **kwargs)
-        for split in SPLITS:  # weighted by the number of predicted tokens, so the means are exact
-            setattr(self, f"{split}_nll", torchmetrics.MeanMetric())
-            setattr(self, f"{split}_token_acc", torchmetrics.MeanMetric())
-
-    def build_model(self) -> PreTrainedModel:
-        return self.load_backbone(self.auto_class)
-
-    def inputs_and_labels(self, batch: dict, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
-
-    def record_tokens(self, split: str, logits: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> None:
-        """Add a batch's mean token loss and accuracy to the split's token-weighted averages."""
+    def record(self, split: str, logits: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> None:
+        """Add a batch's mean token loss and accuracy to the split's averages."""
         scored = targets != IGNORE
         count = int(scored.sum())
         if count:
@@ -44,42 +38,52 @@ class LanguageModelingModule(TaskModule):
             getattr(self, f"{split}_nll").update(loss.detach(), weight=count)
             getattr(self, f"{split}_token_acc").update(correct.sum() / count, weight=count)
 
-    def shared_step(self, batch: dict, split: str) -> torch.Tensor:
-        input_ids, labels = self.inputs_and_labels(batch, split)
-        out = self.model(input_ids=input_ids, attention_mask=batch["attention_mask"], labels=labels)
-        logits, targets = out.logits, labels
-        if self.auto_class is AutoModelForCausalLM:  # position t predicts token t + 1
-            logits, targets = logits[:, :-1], labels[:, 1:]
-        self.record_tokens(split, logits, targets, out.loss)
-        if split == "train":
-            self.log("train/loss", out.loss, on_step=True, prog_bar=True, batch_size=len(input_ids))
-        return out.loss
+    def mean_loss(self, split: str) -> torch.Tensor | None:
+        nll = getattr(self, f"{split}_nll")
+        return nll.compute() if nll.update_count else None
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self.shared_step(batch, "train")
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self.shared_step(batch, "val")
-
-    def log_split(self, split: str) -> None:
+    def log(self, module: TaskModule, split: str) -> None:
+        """Log the split's averages (``train/loss_epoch`` for training, ``<split>/loss`` otherwise) and reset them."""
         nll, acc = getattr(self, f"{split}_nll"), getattr(self, f"{split}_token_acc")
         if nll.update_count == 0:
             return
         loss = float(nll.compute())  # synced across processes by torchmetrics
-        self.log_dict({f"{split}/loss" if split == "val" else "train/loss_epoch": loss,
-                       f"{split}/perplexity": math.exp(min(loss, 50.0)), f"{split}/{self.acc_name}": acc.compute()},
-                      prog_bar=split == "val")
+        module.log_dict({"train/loss_epoch" if split == "train" else f"{split}/loss": loss,
+                         f"{split}/perplexity": math.exp(min(loss, 50.0)), f"{split}/{self.acc_name}": acc.compute()},
+                        prog_bar=split == "val")
         nll.reset()
         acc.reset()
 
-    def on_train_epoch_end(self) -> None:
-        self.log_split("train")
 
-    def on_validation_epoch_end(self) -> None:
-        self.log_split("val")
+def causal_step(module: TaskModule, tokens: TokenAverages, split: str, batch: dict,
+                labels: torch.Tensor) -> torch.Tensor:
+    """The next-token loss of a batch (position t predicts token t + 1), recorded in `tokens` and, in training,
+    logged per step as ``train/loss``."""
+    out = module.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels)
+    tokens.record(split, out.logits[:, :-1], labels[:, 1:], out.loss)
+    if split == "train":
+        module.log("train/loss", out.loss, on_step=True, prog_bar=True, batch_size=len(labels))
+    return out.loss
 
 
-class MaskedLMModule(LanguageModelingModule):
+def require_decoder(hparams) -> None:
+    """Encoders load as a causal LM (BERT has an LM-head variant) but were never trained to generate: refuse them
+    before any weights are read.
+
+    Raises: ConfigError naming ``model.model_name_or_path``.
+    """
+    found = backbones.preset(hparams.model_name_or_path)
+    config = AutoConfig.for_model(found[1]) if found else AutoConfig.from_pretrained(
+        backbones.resolve(hparams.model_name_or_path), trust_remote_code=hparams.trust_remote_code)
+    kind = config.model_type
+    if config.is_encoder_decoder or kind in MODEL_FOR_MASKED_LM_MAPPING_NAMES \
+            or kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ConfigError(f"model.model_name_or_path: {hparams.model_name_or_path!r} is a {kind!r} model; causal "
+                          "language modeling needs a decoder-only model such as smollm2, a GPT-2 / Llama / Qwen "
+                          "checkpoint, or tiny:gpt2 (for an encoder-decoder model use the seq2seq task)")
+
+
+class MaskedLMModule(TaskModule):
     """Masked-LM pretraining (BERT): 15% of tokens selected, of which 80% [MASK], 10% random, 10% unchanged.
 
     Features: whole-word masking; special and padding tokens never selected; a fixed masking of the validation data
@@ -89,8 +93,7 @@ class MaskedLMModule(LanguageModelingModule):
     Raises: ConfigError when the tokenizer has no mask token or the probabilities are out of range.
     """
 
-    auto_class = AutoModelForMaskedLM
-    acc_name = "masked_acc"
+    auto_class = AutoModelForMaskedLM  # the head (AutoModelForPreTraining for the sentence-pair objectives)
 
     def __init__(
         self,
@@ -118,6 +121,10 @@ class MaskedLMModule(LanguageModelingModule):
             raise ConfigError(f"model.mask_replace_prob + model.random_replace_prob: got {mask_replace_prob} + "
                               f"{random_replace_prob}; expected non-negative shares summing to at most 1")
         self.val_generator: torch.Generator | None = None
+        self.tokens = TokenAverages(SPLITS, "masked_acc")
+
+    def build_model(self) -> PreTrainedModel:
+        return self.load_backbone(self.auto_class)
 
     def configure_model(self) -> None:
         super().configure_model()
@@ -136,8 +143,25 @@ class MaskedLMModule(LanguageModelingModule):
         return mask_tokens(batch["input_ids"], selected, self.tokenizer.mask_token_id, len(self.tokenizer),
                            h.mask_replace_prob, h.random_replace_prob, generator)
 
+    def shared_step(self, batch: dict, split: str) -> torch.Tensor:
+        input_ids, labels = self.inputs_and_labels(batch, split)
+        out = self.model(input_ids=input_ids, attention_mask=batch["attention_mask"], labels=labels)
+        self.tokens.record(split, out.logits, labels, out.loss)
+        if split == "train":
+            self.log("train/loss", out.loss, on_step=True, prog_bar=True, batch_size=len(input_ids))
+        return out.loss
 
-class CausalLMModule(LanguageModelingModule):
+    def log_split(self, split: str) -> None:
+        self.tokens.log(self, split)
+
+    def on_train_epoch_end(self) -> None:
+        self.log_split("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_split("val")
+
+
+class CausalLMModule(TaskModule):
     """Causal-LM pretraining (GPT): next-token prediction over packed blocks.
 
     Features: logs ``train/loss``, ``val/loss``, ``val/perplexity`` (exp of the mean next-token loss) and
@@ -145,28 +169,28 @@ class CausalLMModule(LanguageModelingModule):
     Raises: ConfigError for an encoder-only (BERT-style) or encoder-decoder backbone, before any weights are read.
     """
 
-    auto_class = AutoModelForCausalLM
-    acc_name = "next_token_acc"
+    def __init__(self, model_name_or_path: str = "minilm", **kwargs):
+        """
+        Args:
+            model_name_or_path: Decoder-only backbone to pretrain (see TaskModule).
+        """
+        super().__init__(model_name_or_path=model_name_or_path, **kwargs)
+        self.tokens = TokenAverages(SPLITS, "next_token_acc")
 
-    def require_decoder(self) -> None:
-        """Encoders load as a causal LM (BERT has an LM-head variant) but were never trained to generate: refuse
-        them before any weights are read."""
-        h = self.hparams
-        found = backbones.preset(h.model_name_or_path)
-        config = AutoConfig.for_model(found[1]) if found else \
-            AutoConfig.from_pretrained(backbones.resolve(h.model_name_or_path), trust_remote_code=h.trust_remote_code)
-        kind = config.model_type
-        if config.is_encoder_decoder or kind in MODEL_FOR_MASKED_LM_MAPPING_NAMES \
-                or kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-            raise ConfigError(f"model.model_name_or_path: {h.model_name_or_path!r} is a {kind!r} model; causal "
-                              "language modeling needs a decoder-only model such as smollm2, a GPT-2 / Llama / Qwen "
-                              "checkpoint, or tiny:gpt2 (for an encoder-decoder model use the seq2seq task)")
+    def build_model(self) -> PreTrainedModel:
+        return self.load_backbone(AutoModelForCausalLM)
 
     def configure_model(self) -> None:
         if self.model is None:
-            self.require_decoder()
+            require_decoder(self.hparams)
         super().configure_model()
 
-    def inputs_and_labels(self, batch: dict, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE)
-        return batch["input_ids"], labels
+    def shared_step(self, batch: dict, split: str) -> torch.Tensor:
+        return causal_step(self, self.tokens, split, batch, batch["input_ids"].masked_fill(batch["attention_mask"] == 0,
+                                                                                           IGNORE))
+
+    def on_train_epoch_end(self) -> None:
+        self.tokens.log(self, "train")
+
+    def on_validation_epoch_end(self) -> None:
+        self.tokens.log(self, "val")

@@ -15,7 +15,9 @@ from lit_finetune.tasks.pretraining.masking import IGNORE
 
 
 class SentencePairPretrainingModule(MaskedLMModule):
-    """Joint masked-LM and NSP or SOP pretraining on ``AutoModelForPreTraining`` (BertForPreTraining,
+    """Masked-LM pretraining plus next-sentence (NSP) or sentence-order (SOP) prediction.
+
+    Joint masked-LM and NSP or SOP pretraining on ``AutoModelForPreTraining`` (BertForPreTraining,
     AlbertForPreTraining, ...): loss = MLM loss + ``pair_weight`` x pair loss.
 
     Features: everything of masked-LM (80/10/10, whole-word masking, fixed validation masking); both parts logged
@@ -41,8 +43,9 @@ class SentencePairPretrainingModule(MaskedLMModule):
     def setup(self, stage: str) -> None:
         examples = getattr(getattr(self.datamodule, "hparams", None), "examples", None)
         if examples is not None and examples != self.hparams.sentence_task:
-            raise ConfigError(f"data.examples: got {examples!r}, but model.sentence_task is "
-                              f"{self.hparams.sentence_task!r}; set data.init_args.examples: {self.hparams.sentence_task}")
+            task = self.hparams.sentence_task
+            raise ConfigError(f"data.examples: got {examples!r}, but model.sentence_task is {task!r}; set "
+                              f"data.init_args.examples: {task}")
 
     def shared_step(self, batch: dict, split: str) -> torch.Tensor:
         input_ids, labels = self.inputs_and_labels(batch, split)
@@ -52,7 +55,7 @@ class SentencePairPretrainingModule(MaskedLMModule):
         mlm_loss = F.cross_entropy(out.prediction_logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
         pair_loss = F.cross_entropy(pair_logits, batch["pair_label"])
         loss = mlm_loss + self.hparams.pair_weight * pair_loss
-        self.record_tokens(split, out.prediction_logits, labels, mlm_loss)
+        self.tokens.record(split, out.prediction_logits, labels, mlm_loss)
         getattr(self, f"{split}_pair_acc").update(pair_logits.detach().argmax(-1), batch["pair_label"])
         task = self.hparams.sentence_task
         on_step = split == "train"

@@ -24,7 +24,9 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> to
 
 
 class SimCSEModule(TaskModule):
-    """SimCSE: each sentence must pick out its positive among the batch's other sentences (InfoNCE on cosine
+    """Contrastive sentence embeddings (SimCSE), unsupervised or with labelled positives.
+
+    SimCSE: each sentence must pick out its positive among the batch's other sentences (InfoNCE on cosine
     similarity / temperature).
 
     Features: unsupervised (the same sentence encoded twice: dropout is the only noise) or supervised (a positive

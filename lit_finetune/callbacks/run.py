@@ -15,8 +15,10 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 
-from lit_finetune import run_folder
-from lit_finetune.training.export import export_checkpoint
+from lit_finetune import io
+from lit_finetune.run_folder import RunFolder
+from lit_finetune.tasks.base import export_checkpoint
+from lit_finetune.training.samples import record_samples
 
 
 def flatten_row(row: dict, prefix: str = "") -> dict:
@@ -31,8 +33,9 @@ def flatten_row(row: dict, prefix: str = "") -> dict:
 
 
 class PredictionWriter(BasePredictionWriter):
-    """Writes the rows returned by ``predict_step`` to a .jsonl, .csv or CoNLL file (one file per process under
-    DDP)."""
+    """Write the predictions of `predict` to a .jsonl, .csv or CoNLL file.
+
+    The rows are those ``predict_step`` returns; under DDP each process writes a file of its own."""
 
     def __init__(self, output_file: str | None = None, format: Literal["jsonl", "csv", "conll"] | None = None):
         """
@@ -47,17 +50,18 @@ class PredictionWriter(BasePredictionWriter):
         self.format = format
 
     def path(self, trainer: pl.Trainer) -> Path:
-        path = Path(self.output_file or Path(trainer.default_root_dir) / f"predictions.{self.format or 'jsonl'}")
-        if trainer.world_size > 1:
-            path = path.with_name(f"{path.stem}.rank{trainer.global_rank}{path.suffix}")
-        return path
+        rank = trainer.global_rank if trainer.world_size > 1 else None
+        if not self.output_file:
+            return RunFolder.of(trainer).predictions(self.format or "jsonl", rank)
+        path = Path(self.output_file)
+        return path if rank is None else path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
         rows = [row for batch in predictions for row in batch]
         path = self.path(trainer)
         kind = self.format or {".csv": "csv", ".conll": "conll"}.get(path.suffix, "jsonl")
         path.parent.mkdir(parents=True, exist_ok=True)
-        with run_folder.atomic_file(path) as f:  # renamed into place: a crash never leaves half a file
+        with io.atomic_file(path) as f:  # renamed into place: a crash never leaves half a file
             if kind == "csv":
                 flat = [flatten_row(r) for r in rows]
                 writer = csv.DictWriter(f, fieldnames=list(flat[0]) if flat else ["id"])
@@ -72,7 +76,9 @@ class PredictionWriter(BasePredictionWriter):
 
 
 class ExportBestModel(pl.Callback):
-    """At the end of fit, export the best checkpoint (or the final weights) as a Hugging Face folder; with a W&B
+    """Export the best checkpoint as a Hugging Face folder at the end of fit.
+
+    At the end of fit, export the best checkpoint (or the final weights) as a Hugging Face folder; with a W&B
     logger whose ``log_model`` is on, the folder also becomes a W&B model artifact (next to the checkpoints)."""
 
     def __init__(self, output_dir: str | None = None):
@@ -84,7 +90,7 @@ class ExportBestModel(pl.Callback):
         self.exported_to: Path | None = None
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module) -> None:
-        output_dir = Path(self.output_dir or Path(trainer.default_root_dir) / "export")
+        output_dir = Path(self.output_dir) if self.output_dir else RunFolder.of(trainer).export
         best = trainer.checkpoint_callback.best_model_path if isinstance(trainer.checkpoint_callback,
                                                                          ModelCheckpoint) else ""
         if trainer.is_global_zero:
@@ -115,7 +121,9 @@ def log_export_artifact(logger: WandbLogger, folder: Path, checkpoint: ModelChec
 
 
 class StopOnRequest(pl.Callback):
-    """Ends fit cleanly (checkpoints, export and run record as usual) once a STOP file appears in the run folder:
+    """End fit cleanly once a STOP file appears in the run folder.
+
+    Ends fit cleanly (checkpoints, export and run record as usual) once a STOP file appears in the run folder:
     how a sweep stops a trial early, and a way to end any run by hand (``touch <run folder>/STOP``)."""
 
     def __init__(self, stop_file: str | None = None):
@@ -127,7 +135,7 @@ class StopOnRequest(pl.Callback):
         self.stopped = False
 
     def check(self, trainer: pl.Trainer) -> None:
-        requested = Path(self.stop_file or Path(trainer.default_root_dir) / "STOP").exists()
+        requested = (Path(self.stop_file) if self.stop_file else RunFolder.of(trainer).stop_file).exists()
         if trainer.world_size > 1:  # every rank must stop at the same step
             requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
         if requested and not trainer.sanity_checking:
@@ -141,7 +149,9 @@ class StopOnRequest(pl.Callback):
 
 
 class GenerationSamples(pl.Callback):
-    """After each validation, continue a few fixed prompts with the model being trained (causal LMs), and log them
+    """Log what the language model writes for a few fixed prompts after each validation.
+
+    After each validation, continue a few fixed prompts with the model being trained (causal LMs), and log them
     to W&B as a table (``val/samples``) and to samples.jsonl in the run folder, to watch the text get better."""
 
     def __init__(self, prompts: list[str] | None = None, max_new_tokens: int = 30, do_sample: bool = False):
@@ -179,22 +189,35 @@ class GenerationSamples(pl.Callback):
                                  for p, c in zip(self.prompts, self.continuations(pl_module))])
 
 
-def record_samples(trainer: pl.Trainer, rows: list[dict]) -> None:
-    """Generated samples of this validation, stamped with the step: appended to samples.jsonl in the run folder and
-    logged to W&B as the table ``val/samples``."""
-    if not rows:
-        return
-    rows = [{"step": trainer.global_step, **row} for row in rows]
-    with (Path(trainer.default_root_dir) / "samples.jsonl").open("a", encoding="utf-8") as f:
-        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger):
-            logger.log_text("val/samples", columns=list(rows[0]), data=[list(r.values()) for r in rows],
-                            step=trainer.global_step)
+class ResponseSamples(GenerationSamples):
+    """Log the model's answers to the first validation prompts after each validation (SFT).
+
+    After each validation, answer the first few validation prompts (greedy) with the model being trained, and log
+    the answers like GenerationSamples: a W&B table (``val/samples``) and samples.jsonl in the run folder."""
+
+    def __init__(self, num_prompts: int = 4, max_new_tokens: int = 64):
+        """
+        Args:
+            num_prompts: How many validation prompts to answer, the same ones each time.
+            max_new_tokens: Longest answer.
+        """
+        super().__init__(max_new_tokens=max_new_tokens)
+        self.num_prompts = num_prompts
+        self.prompts, self.batch = [], None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit":  # the data module is set up by now
+            self.batch = trainer.datamodule.prompt_batch("validation", self.num_prompts)
+            self.prompts = self.batch["prompt"]
+
+    def continuations(self, pl_module) -> list[str]:
+        return pl_module.generate_responses(self.batch, self.max_new_tokens)
 
 
 class Throughput(pl.Callback):
-    """Logs training speed and memory each epoch: ``perf/samples_per_s``, ``perf/tokens_per_s`` (non-padding
+    """Log training speed and peak memory each epoch.
+
+    Logs training speed and memory each epoch: ``perf/samples_per_s``, ``perf/tokens_per_s`` (non-padding
     tokens), ``perf/peak_rss_mb`` (this process) and, on a GPU, ``perf/peak_gpu_mb``. Only time spent in training
     batches counts (not validation, checkpointing or start-up)."""
 

@@ -1,4 +1,5 @@
-"""The `lit-finetune` command: LightningCLI's fit/validate/test/predict, plus `export`.
+"""`lit-finetune fit | validate | test | predict`: LightningCLI over every task and data module, with one folder per
+run that a killed or preempted run resumes in with the same command.
 
 Every run writes into one folder (``trainer.default_root_dir``, by default ``runs/<config>-<time>``): config.yaml,
 metrics.csv, checkpoints/, export/, predictions and the W&B run.
@@ -6,8 +7,7 @@ metrics.csv, checkpoints/, export/, predictions and the W&B run.
 
 from __future__ import annotations
 
-import argparse
-import netrc
+import importlib
 import os
 import re
 import sys
@@ -16,41 +16,24 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
-from jsonargparse import CLI, Namespace
+from jsonargparse import Namespace
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
-from lit_finetune import bounds, run_folder
-from lit_finetune.data.tokenizer_training import train_tokenizer
-from lit_finetune.deploy import deploy
-from lit_finetune.errors import ConfigError, LitFinetuneError
+from lit_finetune import bounds
+from lit_finetune.callbacks import ExportBestModel, StopOnRequest
+from lit_finetune.callbacks.checkpoint import best_record
+from lit_finetune.errors import ConfigError
+from lit_finetune.run_folder import LOCKED_ENV, RunFolder, RunLock
 from lit_finetune.tasks import TaskModule
-from lit_finetune.training.callbacks import ExportBestModel, StopOnRequest
-from lit_finetune.training.checkpointing import AtomicCheckpointIO, best_record, read_checkpoint
-from lit_finetune.training.export import export_checkpoint
+from lit_finetune.training.checkpointing import AtomicCheckpointIO, read_checkpoint
+from lit_finetune.training.loggers import RunCSVLogger
 
 # Key names that hold credentials (api_key, hub_token, client_secret, ...), not knobs like max_tokens.
 SECRET_KEY = re.compile(r"(^|_)(api_?key|token|secret|password|passwd)$", re.IGNORECASE)
-# Function commands; `compare` and `sweep` take positional paths and have their own parsers (see main).
-EXTRA_COMMANDS = {"export": export_checkpoint, "tokenizer": train_tokenizer, "deploy": deploy}
-
-
-def wandb_has_credentials() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (FileNotFoundError, netrc.NetrcParseError):
-        return False
-
-
-def default_wandb_mode() -> None:
-    """Go offline when no W&B credentials exist, so a run never waits on a login prompt; WANDB_MODE always wins."""
-    if not os.environ.get("WANDB_MODE") and not wandb_has_credentials():
-        os.environ["WANDB_MODE"] = "offline"
 
 
 def redact(value, key: str = ""):
@@ -96,19 +79,25 @@ def flat_config(config: Namespace) -> dict:
             for key, value in config.items(branches=False)}
 
 
-def previous_wandb_run_id(run_dir: str) -> str | None:
-    """The W&B run id of the run that last wrote this folder: wandb/latest-run/run-<id>.wandb (the folder's own name
-    may carry a -N suffix when two starts fall in the same second)."""
-    files = sorted((Path(run_dir) / "wandb" / "latest-run").glob("run-*.wandb"))
-    return files[0].stem[len("run-"):] if files else None
+def config_class(node: Namespace) -> type | None:
+    """The class a ``class_path`` entry of the config names (None when it names none that imports)."""
+    module, _, name = str(node.get("class_path", "")).rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+
+
+def names_subclass(node, base: type) -> bool:
+    cls = config_class(node) if isinstance(node, Namespace) else None
+    return isinstance(cls, type) and issubclass(cls, base)
 
 
 def write_run_record(trainer, started: float, status: str | None = None) -> None:
     """run.json: how the run ended, how long it took and its best monitored value, for `lit-finetune compare`."""
     stopped = any(isinstance(cb, StopOnRequest) and cb.stopped for cb in trainer.callbacks)
     status = status or ("interrupted" if trainer.interrupted else "stopped" if stopped else "finished")
-    run_folder.write_run_record(trainer.default_root_dir, status, started, trainer.global_step,
-                                best_record(trainer.checkpoint_callback))
+    RunFolder.of(trainer).write_record(status, started, trainer.global_step, best_record(trainer.checkpoint_callback))
 
 
 # Settings a resume may change: how long and where the run goes on, and what watches it. Any other difference from
@@ -194,28 +183,29 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def checkpoint_to_resume(run_dir: Path) -> Path | None:
+def checkpoint_to_resume(folder: RunFolder) -> Path | None:
     """The checkpoint a `fit` in an existing run folder continues from: last.ckpt of a run that did not finish.
 
     Raises: ConfigError when the folder holds a run that ended (or that has no checkpoint to continue from).
     """
-    if not (run_dir / run_folder.CONFIG).is_file():
+    if not folder.holds_run():
         return None
-    status = run_folder.read_run_record(run_dir).get("status")
-    last = run_dir / run_folder.CHECKPOINTS / run_folder.LAST_CHECKPOINT
-    if status in (None, "interrupted", "preempted", "failed") and last.is_file():
-        return last
+    status = folder.read_record().get("status")
+    if status in (None, "interrupted", "preempted", "failed") and folder.last_checkpoint.is_file():
+        return folder.last_checkpoint
     ended = f"a run that {status}" if status else "a run with no checkpoint to resume from"
-    raise ConfigError(f"trainer.default_root_dir: {run_dir} already holds a run (config.yaml), {ended}; choose "
-                      "another folder, or pass --ckpt_path to continue from one of its checkpoints")
+    raise ConfigError(f"trainer.default_root_dir: {folder.root} already holds a run ({folder.config.name}), {ended}; "
+                      "choose another folder, or pass --ckpt_path to continue from one of its checkpoints")
 
 
 class LitFinetuneCLI(LightningCLI):
-    """LightningCLI with the task and data classes chosen by `class_path`, and one folder per run that a killed or
-    preempted run resumes in with the same command."""
+    """LightningCLI over every task and data module, with one resumable folder per run.
+
+    The task and data classes are chosen by `class_path`; a killed or preempted run resumes in its folder with the
+    same command."""
 
     def __init__(self, args=None, run: bool = True):
-        self.lock: run_folder.RunLock | None = None
+        self.lock: RunLock | None = None
         self.started = time.time()
         self.secrets: set[str] = set()
         self.requested: dict | None = None  # the command's flat config, before Lightning merges a checkpoint's
@@ -225,7 +215,7 @@ class LitFinetuneCLI(LightningCLI):
                              save_config_callback=RunConfig, auto_configure_optimizers=False,
                              seed_everything_default=42, args=args, run=run,
                              parser_kwargs={"description": "Pretrain and fine-tune Transformer language models.",
-                                            **strict, **{cmd: strict for cmd in ("fit", "validate", "test", "predict")}})
+                                            **strict, **dict.fromkeys(("fit", "validate", "test", "predict"), strict)})
         finally:  # however the command ended; the processes it launched are done too
             os.environ.pop(RESUME_ENV, None)
             if self.lock is not None:
@@ -249,17 +239,18 @@ class LitFinetuneCLI(LightningCLI):
             sources = config.get("config") or []
             stem = Path(str(sources[-1])).stem if sources else self.subcommand or "run"
             trainer.default_root_dir = f"runs/{stem}-{datetime.now():%Y%m%d-%H%M%S}"
-        run_dir = Path(str(trainer.default_root_dir))
-        launched = os.environ.get(run_folder.LOCKED_ENV) == str(run_dir.resolve())  # a rank of a run started here
+        folder = RunFolder(str(trainer.default_root_dir))
+        run_dir = folder.root
+        launched = os.environ.get(LOCKED_ENV) == str(run_dir.resolve())  # a rank of a run started here
         if self.subcommand is not None and not launched:
-            self.lock = run_folder.RunLock(run_dir)
+            self.lock = RunLock(folder)
             self.lock.acquire()  # before anything below writes into the folder
         checkpoint = None
         if self.subcommand == "fit":
             if not config.get("ckpt_path"):
                 # Checked before any logger or callback touches the folder, so the earlier run stays intact. The
                 # ranks DDP launches take the launching process's choice: by then the folder has changed.
-                last = os.environ.get(RESUME_ENV) if launched else checkpoint_to_resume(run_dir)
+                last = os.environ.get(RESUME_ENV) if launched else checkpoint_to_resume(folder)
                 if last:
                     if not launched:
                         print(f"Resuming the unfinished run in {run_dir} from {last}", file=sys.stderr, flush=True)
@@ -272,31 +263,29 @@ class LitFinetuneCLI(LightningCLI):
         resuming = checkpoint is not None
         if trainer.enable_progress_bar is False and trainer.callbacks:
             # The configs name a TQDMProgressBar for its refresh rate; turning bars off drops it instead of failing.
-            trainer.callbacks = [c for c in trainer.callbacks
-                                 if not (isinstance(c, Namespace) and c.class_path.endswith("ProgressBar"))]
+            trainer.callbacks = [c for c in trainer.callbacks if not names_subclass(c, ProgressBar)]
         loggers = trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]
         loggers = [logger for logger in loggers if isinstance(logger, Namespace)]
-        if trainer.logger is not False and not any(lg.class_path.endswith("CSVLogger") for lg in loggers):
+        if trainer.logger is not False and not any(names_subclass(lg, CSVLogger) for lg in loggers):
             # Always keep a plain local record first: it also makes the run folder Lightning's log_dir.
-            csv_logger = Namespace(class_path="lit_finetune.training.loggers.RunCSVLogger",
+            csv_logger = Namespace(class_path=f"{RunCSVLogger.__module__}.{RunCSVLogger.__qualname__}",
                                    init_args=Namespace(save_dir=str(run_dir)))
             loggers.insert(0, csv_logger)
             trainer.logger = loggers
         for logger in loggers:
             if logger.init_args.get("save_dir") in (None, "."):
                 logger.init_args.save_dir = str(run_dir)
-            if logger.class_path.endswith("RunCSVLogger") and resuming:
+            if names_subclass(logger, RunCSVLogger) and resuming:
                 logger.init_args.resume_step = int(checkpoint.get("global_step", 0))
-            if logger.class_path.endswith("WandbLogger"):
+            if names_subclass(logger, WandbLogger):
                 logger.init_args.name = logger.init_args.get("name") or run_dir.name
                 if logger.init_args.get("config"):  # W&B would record it as given
                     logger.init_args.config = redact(logger.init_args.config)
                 if os.environ.get("WANDB_RUN_GROUP"):  # W&B's own variable, set e.g. by `lit-finetune sweep`
                     logger.init_args.group = os.environ["WANDB_RUN_GROUP"]
-                previous_id = (checkpoint.get(WANDB_ID_KEY) or previous_wandb_run_id(str(run_dir))
-                               if resuming else None)
+                previous_id = checkpoint.get(WANDB_ID_KEY) if resuming else None
                 if previous_id and not logger.init_args.get("id"):
-                    # Resuming in the same folder continues the same W&B run.
+                    # A resume continues the checkpoint's W&B run, from whichever folder.
                     logger.init_args.id = previous_id
                     logger.init_args.resume = "allow"
         if resuming or self.subcommand != "fit":
@@ -317,7 +306,7 @@ class LitFinetuneCLI(LightningCLI):
             config = self.config[self.config.subcommand]
             self.requested = flat_config(redact(config))
             if config.get("ckpt_path"):
-                read_checkpoint(config.ckpt_path, mmap=True)  # a one-line error for a missing, corrupted or crafted file
+                read_checkpoint(config.ckpt_path, mmap=True)  # one line for a missing, corrupted or crafted file
         super()._parse_ckpt_path()
 
     def check_resume_settings(self, config: Namespace, checkpoint: dict) -> None:
@@ -346,7 +335,7 @@ class LitFinetuneCLI(LightningCLI):
         for logger in self.trainer.loggers:
             if isinstance(logger, WandbLogger):
                 with argv_without(self.secrets):
-                    logger.experiment
+                    _ = logger.experiment
 
     def before_fit(self) -> None:
         self.started = time.time()
@@ -368,8 +357,7 @@ class LitFinetuneCLI(LightningCLI):
         try:
             super()._run_subcommand(subcommand)
         except Exception:
-            run_dir = Path(self.trainer.default_root_dir)
-            if subcommand == "fit" and self.trainer.is_global_zero and (run_dir / run_folder.CONFIG).is_file():
+            if subcommand == "fit" and self.trainer.is_global_zero and RunFolder.of(self.trainer).holds_run():
                 write_run_record(self.trainer, self.started, status="failed")  # a run that started, then failed
             raise
 
@@ -389,7 +377,7 @@ class LitFinetuneCLI(LightningCLI):
                 lines.append(f"Exported model (Hugging Face folder): {callback.exported_to}")
         for logger in trainer.loggers:
             if isinstance(logger, CSVLogger):
-                lines.append(f"Metrics per epoch (CSV): {Path(logger.log_dir) / 'metrics.csv'}")
+                lines.append(f"Metrics per epoch (CSV): {RunFolder(logger.log_dir).metrics}")
             if isinstance(logger, WandbLogger):
                 run = logger.experiment
                 mode = getattr(getattr(run, "settings", None), "mode", "disabled")
@@ -399,74 +387,3 @@ class LitFinetuneCLI(LightningCLI):
                 elif mode != "disabled":
                     lines.append(f"W&B run: {run.url}")
         print("\n".join(lines), flush=True)
-
-
-def user_error(err: BaseException) -> LitFinetuneError | None:
-    """The LitFinetuneError behind `err`, if any: jsonargparse and Lightning re-raise errors of the classes they
-    build inside their own."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, LitFinetuneError):
-            return err
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return None
-
-
-def parse_error_line(message: str) -> str:
-    """One line for a jsonargparse error: the key (a subclass's own key dotted onto its group's) and what was wrong
-    with it, instead of every union subtype jsonargparse tried."""
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    outer = re.match(r'Parser key "([^"]+)":\s*(.*)', lines[0]) if lines else None
-    if not outer:
-        return lines[0] if lines else message
-    key, body = outer.group(1), ([outer.group(2)] if outer.group(2) else []) + lines[1:]
-    problem = next((i for i, line in enumerate(body) if line.startswith("- Problem with given class_path")), None)
-    if problem is not None and problem + 1 < len(body):
-        inner = re.match(r'Parser key "([^"]+)":\s*(.*)', body[problem + 1])
-        if inner:
-            detail = inner.group(2) or (body[problem + 2] if problem + 2 < len(body) else "")
-            if detail.startswith("Does not validate"):  # an Optional knob: say why its non-None type refused it
-                detail = next((line[2:] for line in body[problem + 2:] if line.startswith("- ")
-                               and "NoneType" not in line), detail)
-            return f"{key}.init_args.{inner.group(1)}: {detail}"
-        return f"{key}.init_args: {body[problem + 1]}"
-    expected = [re.sub(r"<class '([^']+)'>", r"\1", line[len("- Expected a "):]) for line in body
-                if line.startswith("- Expected a ")]
-    given = next((line.split(":", 1)[1].strip() for line in body if line.startswith("Given value:")), None)
-    if expected:
-        return f"{key}: expected {' or '.join(expected)}, got {given}"
-    return f"{key}: {body[0] if body else 'invalid value'}"
-
-
-def main(args: list[str] | None = None) -> None:
-    """Entry point of the `lit-finetune` console script."""
-    argv = sys.argv[1:] if args is None else args
-    default_wandb_mode()
-    try:
-        if argv and argv[0] == "compare":
-            from lit_finetune.compare import main as compare
-
-            compare(argv[1:])
-        elif argv and argv[0] == "sweep":
-            from lit_finetune.sweep import main as sweep
-
-            sweep(argv[1:])
-        elif argv and argv[0] in EXTRA_COMMANDS:
-            CLI(EXTRA_COMMANDS[argv[0]], args=argv[1:], as_positional=False, prog=f"lit-finetune {argv[0]}")
-        else:
-            LitFinetuneCLI(args=args)
-    except argparse.ArgumentError as err:
-        error = user_error(err)
-        print(f"lit-finetune: error: {error if error else parse_error_line(str(err))}", file=sys.stderr)
-        sys.exit(2)
-    except Exception as err:
-        error = user_error(err)
-        if error is None:
-            raise
-        print(f"lit-finetune: error: {error}", file=sys.stderr)
-        sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()

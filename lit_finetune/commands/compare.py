@@ -12,9 +12,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from lit_finetune.errors import ConfigError
+from lit_finetune.run_folder import RunFolder
 
 # Keys that differ between any two runs without being hyperparameters.
 NOT_HYPERPARAMETERS = ("trainer.default_root_dir", "trainer.logger", "trainer.callbacks", "config", "ckpt_path")
@@ -57,14 +56,11 @@ class Run:
         return list(points.values())
 
     @classmethod
-    def read(cls, folder: str | Path) -> "Run":
-        folder = Path(folder)
-        if not (folder / "config.yaml").is_file():
-            raise ConfigError(f"compare: {folder} is not a run folder (no config.yaml)")
-        metrics = folder / "metrics.csv"
-        history = list(csv.DictReader(metrics.open())) if metrics.is_file() else []
-        record = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {}
-        return cls(folder, flatten(yaml.safe_load((folder / "config.yaml").read_text()) or {}), history, record)
+    def read(cls, folder: str | Path) -> Run:
+        run = RunFolder(folder)
+        if not run.holds_run():
+            raise ConfigError(f"compare: {run.root} is not a run folder (no {run.config.name})")
+        return cls(run.root, flatten(run.read_config()), run.read_metrics(), run.read_record())
 
 
 def varied_keys(runs: list[Run]) -> list[str]:
@@ -184,7 +180,7 @@ def main(argv: list[str]) -> list[dict]:
     args = parser.parse_args(argv)
     folders = [Path(f) for f in args.runs]
     if args.sweep:
-        folders += sorted(p.parent for p in Path(args.sweep).glob("*/config.yaml"))
+        folders += sorted(p for p in Path(args.sweep).iterdir() if RunFolder(p).holds_run())
     if not folders:
         raise ConfigError("compare: give run folders, or --sweep with a folder of runs")
     runs = [Run.read(folder) for folder in folders]

@@ -10,8 +10,8 @@ import json
 import statistics
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import transformers
@@ -19,7 +19,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from lit_finetune.data import readers
 from lit_finetune.errors import ConfigError, DataError
-from lit_finetune.training.export import atomic_directory
+from lit_finetune.io import atomic_directory
 
 INT8_WEIGHTS = "model_int8.pt"
 WARMUP_CALLS = 3
@@ -213,7 +213,7 @@ def write_report(report: dict, folder: Path) -> None:
         f"{markdown_table(report)}\n\n"
         f"ONNX vs PyTorch fp32: max |Δ logits| = {report['onnx_max_abs_diff']:.2e} "
         f"(tolerance {report['onnx_tolerance']:g}).\n\n"
-        "Artifacts: `int8/` (reload with `lit_finetune.deploy.load_quantized`), `model.onnx` (inputs "
+        "Artifacts: `int8/` (reload with `lit_finetune.commands.deploy.load_quantized`), `model.onnx` (inputs "
         f"{', '.join(report['onnx_inputs'])}; output logits; its tokenizer is the one in `int8/`).\n")
 
 

@@ -1,19 +1,60 @@
-"""Writing exports so that an earlier one is never lost or left half-written."""
+"""The one way lit_finetune writes a file or a folder: through a temporary twin beside the destination, renamed into
+place once complete, so a crash or a full disk never leaves half a file and never loses the earlier one."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import IO
 
-from lit_finetune.errors import ConfigError
-from lit_finetune.run_folder import umask
+from lit_finetune.errors import ConfigError, LitFinetuneError
+
+DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
-EXPORT_MARKER = ".lit_finetune_export"  # in every export folder: what `export` may replace
+class WriteError(LitFinetuneError, OSError):
+    """A file could not be written (disk full, file size limit); the earlier version is kept."""
+
+
+def umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO]:
+    """Write `path` through a temporary file in the same folder, renamed into place once complete and flushed to
+    disk; on failure the temporary file is removed and the earlier `path` (if any) stays as it was.
+
+    Raises: WriteError naming the file when the disk (or a file size limit) is full.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~umask())
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in DISK_FULL:
+            raise WriteError(f"could not write {path}: {os.strerror(err.errno)}; the earlier files are kept, "
+                             "free some space and run the same command again to resume") from err
+        raise
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_file(path) as f:
+        f.write(text)
 
 
 def follow_umask(folder: Path) -> None:
@@ -52,18 +93,3 @@ def atomic_directory(output_dir: str | Path, marker: str | None = None) -> Itera
         out.rename(old)
     tmp.rename(out)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def export_checkpoint(ckpt_path: str, output_dir: str) -> Path:
-    """Export any lit_finetune checkpoint as a Hugging Face folder (model with its labels, and tokenizer).
-
-    Args:
-        ckpt_path: A checkpoint written by ``lit-finetune fit`` (e.g. runs/NAME/checkpoints/last.ckpt).
-        output_dir: Folder to write; an earlier export there is replaced only once the new one is complete, and any
-            other non-empty folder is refused.
-    """
-    from lit_finetune.tasks.base import TaskModule
-
-    path = TaskModule.load_checkpoint(ckpt_path).export(output_dir)
-    print(f"Exported {ckpt_path} to {path}")
-    return path

@@ -23,17 +23,18 @@ from pathlib import Path
 import yaml
 from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
-from lit_finetune import compare
-from lit_finetune.cli import LitFinetuneCLI
+from lit_finetune.commands import compare
+from lit_finetune.commands.fit import LitFinetuneCLI
 from lit_finetune.errors import ConfigError
+from lit_finetune.run_folder import RunFolder
 
 with warnings.catch_warnings():  # sweeps 0.2 still declares pydantic-1 config keys
     warnings.simplefilter("ignore", UserWarning)
-    import sweeps
     from sweeps.config.cfg import validate_categorical_prob, validate_min_max, validator
 
+    import sweeps
+
 STATE_FILE = "sweep.json"
-STOP_FILE = "STOP"  # what StopOnRequest watches in a trial's folder
 ARG_MACROS = ("${args}", "${args_no_hyphens}", "${args_json}", "${args_no_boolean_flags}")  # W&B's agent's
 ENGINE_STATE = {"finished": "finished", "stopped": "finished", "failed": "failed", "running": "running",
                 "interrupted": "running"}  # our trial states -> the search engine's run states
@@ -75,7 +76,7 @@ class SweepState:
     trials: list[Trial] = field(default_factory=list)
 
     @classmethod
-    def load(cls, path: Path) -> "SweepState":
+    def load(cls, path: Path) -> SweepState:
         raw = json.loads(path.read_text())
         return cls(raw["sweep_id"], raw["spec"], raw["extra_args"], [Trial(**t) for t in raw["trials"]])
 
@@ -99,7 +100,8 @@ def read_spec(path: Path) -> dict:
 
 def schema_problems(spec: dict) -> list[str]:
     """W&B's sweep schema, with each problem prefixed by the key it is about."""
-    problems = [f"{'.'.join(map(str, e.absolute_path)) or 'top level'}: {e.message}" for e in validator.iter_errors(spec)]
+    problems = [f"{'.'.join(map(str, e.absolute_path)) or 'top level'}: {e.message}"
+                for e in validator.iter_errors(spec)]
     for name, param in (spec.get("parameters") or {}).items():
         for check in (validate_min_max, validate_categorical_prob):
             try:
@@ -243,11 +245,11 @@ class LocalSweep:
     def command(self, trial: Trial) -> list[str]:
         folder = self.folder(trial)
         args = [sys.executable, "-m", "lit_finetune", "fit", *self.fit_args, *parameter_flags(trial.params),
-                f"--trainer.default_root_dir={folder}", "--trainer.callbacks+=lit_finetune.training.callbacks.StopOnRequest"]
-        last = folder / "checkpoints" / "last.ckpt"
+                f"--trainer.default_root_dir={folder}", "--trainer.callbacks+=lit_finetune.callbacks.StopOnRequest"]
+        last = RunFolder(folder).last_checkpoint
         if trial.attempts and last.exists():
             args.append(f"--ckpt_path={last}")  # an interrupted trial continues from its last checkpoint
-        elif (folder / "config.yaml").exists():
+        elif RunFolder(folder).holds_run():
             # Interrupted before its first checkpoint: keep what it wrote, start it again from scratch.
             aborted = self.dir / "aborted" / f"{trial.name}-attempt{trial.attempts}"
             aborted.parent.mkdir(exist_ok=True)
@@ -258,7 +260,7 @@ class LocalSweep:
         args = self.command(trial)
         folder = self.folder(trial)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / STOP_FILE).unlink(missing_ok=True)
+        RunFolder(folder).stop_file.unlink(missing_ok=True)
         log_path = folder / "trial.log"
         trial.state, trial.attempts = "running", trial.attempts + 1
         self.state.save(self.state_path)
@@ -276,7 +278,7 @@ class LocalSweep:
                 while proc.poll() is None:
                     time.sleep(self.poll_s)
                     if not stop_requested and self.should_stop_early(trial):
-                        (folder / STOP_FILE).touch()
+                        RunFolder(folder).stop_file.touch()  # what StopOnRequest watches
                         stop_requested = True
                         print(f"{trial.name}: below the hyperband threshold; stopping it after this step", flush=True)
             except KeyboardInterrupt:
@@ -322,7 +324,7 @@ class LocalSweep:
 
     def report(self) -> None:
         runs = [compare.Run.read(self.folder(t)) for t in self.state.trials
-                if (self.folder(t) / "config.yaml").is_file()]
+                if RunFolder(self.folder(t)).holds_run()]
         if not runs:
             return
         goal = self.spec["metric"].get("goal", "minimize")

@@ -36,7 +36,9 @@ def check_position(key: str, value: float) -> None:
 
 
 class ScheduledPruning(ModelPruning):
-    """Unstructured L1 (magnitude) pruning of the Transformer blocks' Linear weights, raised gradually to `amount`
+    """Prune the Transformer blocks' weights gradually to a target sparsity during training.
+
+    Unstructured L1 (magnitude) pruning of the Transformer blocks' Linear weights, raised gradually to `amount`
     with the cubic schedule of Zhu & Gupta (2017): sparsity(t) = amount * (1 - (1 - p)^3), p going from 0 at
     `start` to 1 at `end`. It prunes fast early, while redundant weights abound, and slowly near the target, and
     leaves the steps after `end` for the model to recover at the target sparsity.

@@ -48,7 +48,8 @@ def file_signatures(files: dict[str, str]) -> dict:
 
 
 def cache_path(root: Path, family: str, key: dict) -> Path:
-    digest = hashlib.sha256(json.dumps({"version": CACHE_VERSION, **key}, sort_keys=True).encode()).hexdigest()
+    text = json.dumps({"version": CACHE_VERSION, **key}, sort_keys=True, default=str)
+    digest = hashlib.sha256(text.encode()).hexdigest()
     return root / family / digest[:16]
 
 

@@ -39,8 +39,9 @@ class LayerFinetuning(BaseFinetuning):
 
 
 class FreezeLayers(LayerFinetuning):
-    """Train only part of the model, chosen by layer (embeddings, Transformer blocks, head); the rest keeps its
-    pretrained weights.
+    """Train only some layers of the model; the others keep their pretrained weights.
+
+    Layers are chosen by group: embeddings, Transformer blocks, head.
 
     Policies: ``full`` trains everything; ``feature_extraction`` trains the head on a frozen backbone kept in eval mode
     (no dropout, so its features are the pretrained model's); ``freeze_bottom`` freezes the embeddings and the bottom
@@ -79,7 +80,9 @@ class FreezeLayers(LayerFinetuning):
 
 
 class GradualUnfreezing(LayerFinetuning):
-    """Start with only the head trainable, then unfreeze one layer group from the top every ``every`` epochs or steps
+    """Unfreeze the model one layer group at a time, from the head down (ULMFiT).
+
+    Start with only the head trainable, then unfreeze one layer group from the top every ``every`` epochs or steps
     (top block first, embeddings last), as in ULMFiT; fine-tuning runs are often one epoch, so steps can be given as
     a fraction of the run. Newly unfrozen groups join the optimizer with their own
     learning rate (the module's ``learning_rate``, times ``layer_lr_decay`` per layer of depth when set) and follow the

@@ -1,5 +1,5 @@
-"""What the reliability machinery costs a run: the same SST-2 fine-tuning with an earlier checkout and this one,
-interleaved (A B A B) in one session, training samples/s and wall time per run.
+"""What a change costs a run: the same SST-2 fine-tuning with an earlier checkout and this one, interleaved
+(A B A B) in one session: training samples/s, wall time and dev accuracy per run.
 
 The earlier checkout is a git worktree, e.g. ``git worktree add /tmp/lf-before 27333c7``; both run with this
 environment's packages (``python -m lit_finetune`` imports the package from the folder it runs in).
@@ -22,13 +22,20 @@ REPO = Path(__file__).resolve().parents[1]
 SST2 = REPO.parent / "shared" / "data" / "sst2"
 
 
+def throughput_callback(tree: Path) -> str:
+    """The Throughput callback's class path in `tree` (callbacks/ has held it since the restructure of issue 14)."""
+    if (tree / "lit_finetune" / "callbacks" / "__init__.py").is_file():
+        return "lit_finetune.callbacks.Throughput"
+    return "lit_finetune.training.callbacks.Throughput"
+
+
 def run(tree: Path, out: Path, examples: int) -> dict:
     args = ["fit", "--config", "configs/classification/sst2.yaml", "--data.init_args.dataset_name=null",
             "--data.init_args.dataset_config=null", "--data.init_args.id_column=null",
             f"--data.init_args.train_file={SST2 / 'train.tsv'}", f"--data.init_args.validation_file={SST2 / 'dev.tsv'}",
             "--data.init_args.label_names=[negative, positive]", f"--data.init_args.max_train_examples={examples}",
             "--trainer.max_epochs=1", "--trainer.logger=lit_finetune.training.loggers.RunCSVLogger",
-            "--trainer.enable_progress_bar=false", "--trainer.callbacks+=lit_finetune.callbacks.Throughput",
+            "--trainer.enable_progress_bar=false", f"--trainer.callbacks+={throughput_callback(tree)}",
             f"--trainer.default_root_dir={out}"]
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "lit_finetune", *args], cwd=tree, check=True, capture_output=True)

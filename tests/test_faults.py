@@ -21,6 +21,7 @@ from helpers import REPO, metrics_rows, one_line_error, run_cli, shell_env, tiny
 from safetensors.torch import load_file
 
 from lit_finetune import commands
+from lit_finetune.commands.fit import LitFinetuneCLI
 
 FAULTS_ENV = {"PYTHONPATH": str(REPO / "tests"), "WANDB_MODE": "disabled"}  # tests/faults.py, importable there
 # On one test worker: the uninterrupted reference run is then made once.
@@ -110,11 +111,23 @@ def test_interrupted_preempted_and_killed_run_resumes_exactly_with_the_same_comm
 def test_ddp_run_signalled_on_one_rank_saves_on_both_and_resumes_exactly(tmp_path, uninterrupted):
     """Under DDP (2 processes, gloo) a SIGTERM that reaches rank 1 only: both ranks save at the same step and stop,
     the launcher exits 143, and the same command resumes to the weights and metrics of an uninterrupted DDP run
-    (each rank takes back its own share of the epoch's training aggregates)."""
+    (each rank takes back its own share of the epoch's training aggregates). The uninterrupted run also shows that
+    DDP tokenizes once (rank 0) and syncs validation metrics across the ranks."""
     data, _ = uninterrupted
     ddp = ("--trainer.strategy=ddp", "--trainer.devices=2", "--data.init_args.eval_batch_size=4")
-    reference = tmp_path / "reference"
-    run_cli(*fault_args(data, reference, fault_config(tmp_path), *ddp), env=FAULTS_ENV)
+    reference, cache = tmp_path / "reference", tmp_path / "cache"
+    result = run_cli(*fault_args(data, reference, fault_config(tmp_path), *ddp, f"--data.init_args.cache_dir={cache}"),
+                     env=FAULTS_ENV)
+    assert (result.stdout + result.stderr).count("examples; cached in") == 1  # prepare_data ran on rank 0 only
+    [cached] = cache.glob("classification/*/meta.json")
+    assert json.loads(cached.read_text())["tokenized_by_rank"] == 0
+    # Each rank saw half of the 32 validation rows; the logged values must be those of all 32.
+    last_val = [r for r in metrics_rows(reference) if r.get("val/acc")][-1]
+    ddp_val = {k: float(last_val[k]) for k in ("val/loss", "val/acc")}
+    single = LitFinetuneCLI(args=["validate", *tiny_args(data, tmp_path / "single"), "--data.init_args.test_file=null",
+                                  "--trainer.logger=false", "--ckpt_path", str(reference / "checkpoints" / "last.ckpt")])
+    single_val = {k: float(v) for k, v in single.trainer.callback_metrics.items() if k in ddp_val}
+    assert single_val == pytest.approx(ddp_val, abs=1e-5) and len(single_val) == 2
     run_dir, signals = tmp_path / "run", tmp_path / "signals"
     config = fault_config(signals, {3: "SIGTERM"})
     settings = json.loads(config.read_text())

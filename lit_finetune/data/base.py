@@ -114,8 +114,8 @@ NOT_IN_CACHE_KEY = ("batch_size", "eval_batch_size", "num_workers", "cache_dir",
 class TokenizedDataModule(pl.LightningDataModule):
     """Base of the data modules: tokenize once into a cache, load it, batch it.
 
-    Base of the data modules: ``prepare_data`` tokenizes once (the subclass's ``build_splits``) into the cache,
-    ``setup`` loads it (``load_splits``) and its ``collator()`` batches it."""
+    ``prepare_data`` tokenizes once (the subclass's ``build_splits``) into the cache, ``setup`` loads it
+    (``load_splits``) and the subclass's ``collator()`` batches it."""
 
     cache_family = "data"  # the cache's folder for this kind of data; each data module names its own
 
@@ -257,9 +257,8 @@ class TokenizedDataModule(pl.LightningDataModule):
 class SplitsDataModule(TokenizedDataModule):
     """Base of a task's data module: a hub dataset or one local file per split.
 
-    A task's data module: splits from a hub dataset, or one local file per split (formats: see each module), read
-    by ``read_raw``; ``hold_out`` carves validation data from train for modules that have ``validation_fraction``
-    and ``seed``."""
+    The splits (formats: see each module) are read by ``read_raw``; ``hold_out`` carves validation data from train
+    for modules that have ``validation_fraction`` and ``seed``."""
 
     def __init__(
         self,

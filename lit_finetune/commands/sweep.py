@@ -26,6 +26,7 @@ from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 from lit_finetune.commands import compare
 from lit_finetune.commands.fit import LitFinetuneCLI
 from lit_finetune.errors import ConfigError
+from lit_finetune.io import write_text
 from lit_finetune.run_folder import RunFolder
 
 with warnings.catch_warnings():  # sweeps 0.2 still declares pydantic-1 config keys
@@ -81,9 +82,7 @@ class SweepState:
         return cls(raw["sweep_id"], raw["spec"], raw["extra_args"], [Trial(**t) for t in raw["trials"]])
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(f".{path.name}.tmp")  # renamed into place: a crash never leaves half a state file
-        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        tmp.replace(path)
+        write_text(path, json.dumps(asdict(self), indent=2) + "\n")
 
 
 def read_spec(path: Path) -> dict:

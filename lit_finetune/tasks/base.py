@@ -53,6 +53,7 @@ class TaskModule(pl.LightningModule):
     # How the task's key validation metric improves ("max" or "min"): the module then keeps its best value so far
     # in `best`, logged as val/<key>_best and carried through checkpoints; None for tasks without one.
     best_mode: str | None = None
+    key_metric: str | None = None  # its name (val/<key_metric>), for tasks whose metrics are a PerSplit
 
     def __init__(
         self,
@@ -215,6 +216,20 @@ class TaskModule(pl.LightningModule):
         metrics.reset()
         self.log_dict(values, prog_bar=split == "val")
         return values
+
+    def on_train_epoch_end(self) -> None:
+        if isinstance(getattr(self, "metrics", None), PerSplit):
+            self.log_split_metrics("train")
+
+    def on_validation_epoch_end(self) -> None:
+        if isinstance(getattr(self, "metrics", None), PerSplit):
+            values = self.log_split_metrics("val")
+            if values and self.best is not None:
+                self.log_best(self.key_metric, values[f"val/{self.key_metric}"])
+
+    def on_test_epoch_end(self) -> None:
+        if isinstance(getattr(self, "metrics", None), PerSplit):
+            self.log_split_metrics("test")
 
     def log_loss(self, split: str, loss: torch.Tensor, batch_size: int) -> None:
         """``<split>/loss``: per step and epoch in training, per epoch (synced across processes) in evaluation."""

@@ -104,17 +104,6 @@ class SequenceClassificationModule(DistillationMixin, LabeledTaskModule):
         self.log_loss(split, loss, len(batch["labels"]))
         return loss
 
-    def on_train_epoch_end(self) -> None:
-        self.log_split_metrics("train")
-
-    def on_validation_epoch_end(self) -> None:
-        values = self.log_split_metrics("val")
-        if values:
-            self.log_best(self.key_metric, values[f"val/{self.key_metric}"])
-
-    def on_test_epoch_end(self) -> None:
-        self.log_split_metrics("test")
-
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         logits = self(batch).float()
         if self.is_regression:

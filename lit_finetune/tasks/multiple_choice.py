@@ -23,7 +23,8 @@ class MultipleChoiceModule(LabeledTaskModule):
     Raises: ConfigError when a checkpoint's number of choices differs from the data's.
     """
 
-    best_mode = "max"  # accuracy
+    best_mode = "max"
+    key_metric = "acc"
 
     def __init__(
         self,
@@ -62,17 +63,6 @@ class MultipleChoiceModule(LabeledTaskModule):
         self.metrics[split].update(logits.detach().argmax(-1), batch["labels"])
         self.log_loss(split, loss, len(batch["labels"]))
         return loss
-
-    def on_train_epoch_end(self) -> None:
-        self.log_split_metrics("train")
-
-    def on_validation_epoch_end(self) -> None:
-        values = self.log_split_metrics("val")
-        if values:
-            self.log_best("acc", values["val/acc"])
-
-    def on_test_epoch_end(self) -> None:
-        self.log_split_metrics("test")
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         probabilities = self(batch).float().softmax(-1).tolist()

@@ -14,6 +14,8 @@ from torchmetrics.text import SQuAD
 from transformers import AutoModelForQuestionAnswering, PreTrainedModel
 
 from lit_finetune.bounds import PositiveInt
+from lit_finetune.io import write_text
+from lit_finetune.run_folder import RunFolder
 from lit_finetune.tasks.base import TaskModule
 
 SPLITS = ("val", "test")  # the splits scored with exact match and F1 (training logs its loss only)
@@ -204,9 +206,6 @@ class QuestionAnsweringPredictionWriter(BasePredictionWriter):
         answers = pl_module.answers([row for batch in predictions for row in batch])
         if not trainer.is_global_zero:
             return
-        path = Path(self.output_file or Path(trainer.default_root_dir) / "predictions.json")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")  # renamed into place: a crash never leaves half a file
-        tmp.write_text(json.dumps(answers, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-        tmp.replace(path)
+        path = Path(self.output_file) if self.output_file else RunFolder.of(trainer).predictions("json")
+        write_text(path, json.dumps(answers, ensure_ascii=False, indent=1) + "\n")
         print(f"Wrote {len(answers)} answers to {path}")

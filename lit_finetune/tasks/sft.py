@@ -4,10 +4,10 @@ tokens left out of the loss (the instruction data module marks them -100)."""
 from __future__ import annotations
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import PreTrainedModel
 
 from lit_finetune.tasks.base import TaskModule
-from lit_finetune.tasks.pretraining.language_modeling import TokenAverages, causal_step, require_decoder
+from lit_finetune.tasks.pretraining.language_modeling import TokenAverages, causal_step, load_causal_lm
 
 
 class CausalSFTModule(TaskModule):
@@ -34,12 +34,7 @@ class CausalSFTModule(TaskModule):
         self.tokens = TokenAverages(("train", "val", "test"), "next_token_acc")
 
     def build_model(self) -> PreTrainedModel:
-        return self.load_backbone(AutoModelForCausalLM)
-
-    def configure_model(self) -> None:
-        if self.model is None:
-            require_decoder(self.hparams)
-        super().configure_model()
+        return load_causal_lm(self)
 
     def shared_step(self, batch: dict, split: str) -> torch.Tensor:
         return causal_step(self, self.tokens, split, batch, batch["labels"])  # prompt tokens are -100 already

@@ -66,6 +66,12 @@ def causal_step(module: TaskModule, tokens: TokenAverages, split: str, batch: di
     return out.loss
 
 
+def load_causal_lm(module: TaskModule) -> PreTrainedModel:
+    """The module's backbone as an ``AutoModelForCausalLM``, once `require_decoder` has let it through."""
+    require_decoder(module.hparams)
+    return module.load_backbone(AutoModelForCausalLM)
+
+
 def require_decoder(hparams) -> None:
     """Encoders load as a causal LM (BERT has an LM-head variant) but were never trained to generate: refuse them
     before any weights are read.
@@ -178,12 +184,7 @@ class CausalLMModule(TaskModule):
         self.tokens = TokenAverages(SPLITS, "next_token_acc")
 
     def build_model(self) -> PreTrainedModel:
-        return self.load_backbone(AutoModelForCausalLM)
-
-    def configure_model(self) -> None:
-        if self.model is None:
-            require_decoder(self.hparams)
-        super().configure_model()
+        return load_causal_lm(self)
 
     def shared_step(self, batch: dict, split: str) -> torch.Tensor:
         return causal_step(self, self.tokens, split, batch, batch["input_ids"].masked_fill(batch["attention_mask"] == 0,

@@ -123,9 +123,9 @@ def main() -> None:
     distillation = {
         "with the full fine-tuning export as teacher": fit(
             out / "student-distilled", budget, "--config", "configs/strategies/distillation.yaml",
-            f"--model.init_args.teacher={teacher}"),
+            f"--model.init_args.distillation.teacher={teacher}"),
         "without a teacher": fit(out / "student-alone", budget, "--config", "configs/strategies/distillation.yaml",
-                                 "--model.init_args.teacher=null"),
+                                 "--model.init_args.distillation=null"),
     }
     pruning = fit(out / "pruned", budget, "--config", "configs/strategies/pruning.yaml")
     from lit_finetune.commands.compare import Run

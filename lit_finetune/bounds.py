@@ -3,6 +3,8 @@ batch size of 0 is refused with its key named before anything is built."""
 
 from __future__ import annotations
 
+from dataclasses import asdict, fields
+
 from jsonargparse.typing import ClosedUnitInterval as Probability  # in [0, 1]
 from jsonargparse.typing import (
     NonNegativeFloat,
@@ -13,13 +15,15 @@ from jsonargparse.typing import (
 )
 from jsonargparse.typing import OpenUnitInterval as OpenFraction  # in (0, 1): neither nothing nor everything
 
+from lit_finetune.errors import ConfigError
+
 Fraction = restricted_number_type("Fraction", float, [(">=", 0), ("<", 1)])
 """In [0, 1): dropout, label smoothing."""
 DecayFactor = restricted_number_type("DecayFactor", float, [(">", 0), ("<=", 1)])
 """In (0, 1]: a multiplicative decay (1 = off)."""
 
 __all__ = ["DecayFactor", "Fraction", "NonNegativeFloat", "NonNegativeInt", "OpenFraction", "PositiveFloat",
-           "PositiveInt", "Probability", "plain"]
+           "PositiveInt", "Probability", "plain", "settings_dict"]
 
 
 def plain(value):
@@ -46,3 +50,20 @@ def plain_hparams(module) -> None:
     if initial is not None:
         for key, value in list(initial.items()):
             initial[key] = plain(value)
+
+
+def settings_dict(value, settings_class, key: str) -> dict | None:
+    """A settings group (a dataclass such as LoraSettings) as a plain dict of its fields, checked: the CLI hands
+    over the dataclass, Python callers and checkpoints a dict; hyperparameters, checkpoints and W&B all take a dict.
+
+    Raises: ConfigError naming `key` for a key the settings class does not have.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, settings_class):
+        names = [f.name for f in fields(settings_class)]
+        unknown = set(value) - set(names)
+        if unknown:
+            raise ConfigError(f"{key}: unknown keys {sorted(unknown)}; expected some of {names}")
+        value = settings_class(**value)
+    return plain(asdict(value))

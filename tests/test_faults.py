@@ -274,7 +274,7 @@ def test_checkpoints_load_without_running_code_and_corrupted_ones_are_named(unin
                           (nan, "export: the model holds NaN or inf")):
         assert message in one_line_error(capsys, ["export", "--ckpt_path", str(path), "--output_dir", out])
     data, run_dir = uninterrupted
-    teacher = [*fault_args(data, tmp_path / "student", fault_config(tmp_path)), f"--model.init_args.teacher={crafted}"]
+    teacher = [*fault_args(data, tmp_path / "student", fault_config(tmp_path)), f"--model.init_args.distillation.teacher={crafted}"]
     assert "holds objects that are not tensors" in one_line_error(capsys, teacher)  # a distillation teacher too
     assert not marker.exists() and not (tmp_path / "out").exists()
 

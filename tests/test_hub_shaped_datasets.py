@@ -38,7 +38,7 @@ def test_conll2003_config_on_the_hub_schema(tmp_path):
     cli = LitFinetuneCLI(args=["fit", "--config", str(REPO / "configs/ner/conll2003.yaml"),
                                f"--data.init_args.dataset_name={folder}", "--model.init_args.model_name_or_path=tiny:bert",
                                f"--trainer.default_root_dir={run_dir}", *SHORT])
-    assert set(cli.model.id2label.values()) == set(CONLL_TAGS)  # the ClassLabel names, not ids
+    assert set(cli.model.labels.values()) == set(CONLL_TAGS)  # the ClassLabel names, not ids
     assert logged_values(run_dir, "val/f1")
 
 

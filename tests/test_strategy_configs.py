@@ -45,7 +45,7 @@ def teachers(tmp_path_factory):
 @pytest.mark.parametrize("task", list(TASKS))
 @pytest.mark.parametrize("strategy", STRATEGIES, ids=lambda p: p.stem)
 def test_strategy_composes_with_task_config_and_trains(strategy, task, tmp_path, request):
-    extra = [f"--model.init_args.teacher={request.getfixturevalue('teachers')[task]}"] \
+    extra = [f"--model.init_args.distillation.teacher={request.getfixturevalue('teachers')[task]}"] \
         if strategy.stem == "distillation" else []
     run_dir = tmp_path / "run"
     cli = LitFinetuneCLI(args=["fit", *TASKS[task](tmp_path / "data", run_dir, *SHORT_RUN, "--config", str(strategy),

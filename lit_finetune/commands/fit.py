@@ -308,6 +308,14 @@ class LitFinetuneCLI(LightningCLI):
             if config.get("ckpt_path"):
                 read_checkpoint(config.ckpt_path, mmap=True)  # one line for a missing, corrupted or crafted file
         super()._parse_ckpt_path()
+        if self.config.get("subcommand"):
+            # What the data decides (the label set) is left to this run's data, so that the task module can tell a
+            # checkpoint trained on other labels from a matching one, instead of building the checkpoint's.
+            model = self.config[self.config.subcommand].get("model")
+            task = config_class(model) if isinstance(model, Namespace) else None
+            for name in getattr(task, "from_data", ()):
+                if self.requested.get(f"model.{name}") is None and model.get(f"init_args.{name}") is not None:
+                    model[f"init_args.{name}"] = None
 
     def check_resume_settings(self, config: Namespace, checkpoint: dict) -> None:
         """Refuse a resume whose settings differ from the checkpoint's in more than run length, devices, callbacks

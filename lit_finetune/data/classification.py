@@ -243,7 +243,6 @@ class TextClassificationDataModule(SplitsDataModule):
                                f"data.max_length={self.hparams.max_length} tokens.")
         return tokenized, dict(id2label=id2label, truncated=truncated)
 
-
     def setup(self, stage: str | None = None) -> None:
         self.meta = meta = self.load_splits(stage)
         self.id2label = {int(k): v for k, v in meta["id2label"].items()} if meta["id2label"] else None
@@ -251,6 +250,11 @@ class TextClassificationDataModule(SplitsDataModule):
     @property
     def num_labels(self) -> int:
         return 1 if self.id2label is None else len(self.id2label)
+
+    @property
+    def labels(self) -> dict[int, str]:
+        """The label set the task module adopts: the classes, or ``{0: "score"}`` for regression."""
+        return self.id2label or {0: "score"}
 
     # ----------------------------------------------------------------------------------------------------------- #
 

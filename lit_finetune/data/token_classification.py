@@ -217,6 +217,11 @@ class TokenClassificationDataModule(SplitsDataModule):
         return len(self.id2label)
 
     @property
+    def labels(self) -> dict[int, str]:
+        """The tag set the task module adopts."""
+        return self.id2label
+
+    @property
     def tag_scheme(self) -> TagScheme:
         return self.hparams.tag_scheme
 

@@ -1,6 +1,6 @@
 """One LightningModule per task family; each holds a Hugging Face model so export is `save_pretrained`."""
 
-from lit_finetune.tasks.base import LabeledTaskModule, TaskModule
+from lit_finetune.tasks.base import TaskModule
 from lit_finetune.tasks.classification import SequenceClassificationModule
 from lit_finetune.tasks.multiple_choice import MultipleChoiceModule
 from lit_finetune.tasks.pretraining import (
@@ -15,6 +15,6 @@ from lit_finetune.tasks.seq2seq import Seq2SeqModule
 from lit_finetune.tasks.sft import CausalSFTModule
 from lit_finetune.tasks.token_classification import TokenClassificationModule
 
-__all__ = ["CausalLMModule", "CausalSFTModule", "ElectraPretrainingModule", "LabeledTaskModule", "MaskedLMModule",
+__all__ = ["CausalLMModule", "CausalSFTModule", "ElectraPretrainingModule", "MaskedLMModule",
            "MultipleChoiceModule", "QuestionAnsweringModule", "SentencePairPretrainingModule",
            "SequenceClassificationModule", "Seq2SeqModule", "SimCSEModule", "TaskModule", "TokenClassificationModule"]

@@ -22,6 +22,7 @@ from lit_finetune.bounds import (
     PositiveInt,
     Probability,
     plain_hparams,
+    settings_dict,
 )
 from lit_finetune.errors import ConfigError
 from lit_finetune.io import atomic_directory
@@ -29,7 +30,8 @@ from lit_finetune.run_folder import EXPORT_MARKER
 from lit_finetune.training import epoch_state
 from lit_finetune.training.checkpointing import NonFiniteError, non_finite_tensors, read_checkpoint
 from lit_finetune.training.layers import parameter_counts
-from lit_finetune.training.lora import LoraSettings, apply_lora, is_lora, merged_copy, save_adapter, settings_dict
+from lit_finetune.training.lora import KEY as LORA_KEY
+from lit_finetune.training.lora import LoraSettings, apply_lora, is_lora, merged_copy, save_adapter
 from lit_finetune.training.optim import Schedule, build_scheduler, param_groups
 
 TASK_KEY = "lit_finetune_task"  # checkpoint entry naming the task class, so `export` needs no config
@@ -47,6 +49,12 @@ class PerSplit(torch.nn.ModuleDict):
         return super().__getitem__(f"{split}_metrics")
 
 
+def label_set(labels: dict | None) -> dict[int, str] | None:
+    """`labels` with integer ids: a YAML or JSON config, or the config dump that LightningCLI hands to
+    `save_hyperparameters`, gives them as strings."""
+    return None if labels is None else {int(k): str(v) for k, v in labels.items()}
+
+
 class TaskModule(pl.LightningModule):
     """Base of all task modules: subclasses build the Hugging Face model and define the steps and metrics."""
 
@@ -54,6 +62,10 @@ class TaskModule(pl.LightningModule):
     # in `best`, logged as val/<key>_best and carried through checkpoints; None for tasks without one.
     best_mode: str | None = None
     key_metric: str | None = None  # its name (val/<key_metric>), for tasks whose metrics are a PerSplit
+    # Hyperparameters that the data decides (the label set, a tag scheme), named as the data module's attributes:
+    # taken from it on the first build, then saved with the hyperparameters, so a checkpoint needs no data.
+    from_data: tuple[str, ...] = ()
+    auto_class = None  # the task's Hugging Face Auto class, where one fits (a distillation teacher is read as one)
 
     def __init__(
         self,
@@ -106,12 +118,15 @@ class TaskModule(pl.LightningModule):
             raise ConfigError(f"model.layer_lr_decay: expected a factor in (0, 1], got {layer_lr_decay}")
         if lr_cycles < 1:
             raise ConfigError(f"model.lr_cycles: expected a positive number of cycles, got {lr_cycles}")
-        lora = settings_dict(lora)  # kept as a plain dict: checkpoints, hparams.yaml and W&B all take one
+        lora = settings_dict(lora, LoraSettings, LORA_KEY)
         self.save_hyperparameters(logger=False)  # the CLI logs the run's config, with dotted keys (RunConfig)
         plain_hparams(self)
+        if self.hparams.get("labels") is not None:
+            self.hparams["labels"] = label_set(self.hparams["labels"])
         self.model: PreTrainedModel | None = None
         self.tokenizer = None
         self.pretrained_weights = True  # False when a checkpoint supplies the weights (no need to read them twice)
+        self.distiller = None  # a task that distils sets a tasks.distillation.Distiller; its teacher loads in fit
         self.bad_steps = 0
         self.best = {"max": torchmetrics.MaxMetric, "min": torchmetrics.MinMetric}[self.best_mode]() \
             if self.best_mode else None
@@ -138,16 +153,55 @@ class TaskModule(pl.LightningModule):
         """The Trainer's data module, if there is one (not when loading a checkpoint on its own)."""
         return getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
 
+    @property
+    def fitting(self) -> bool:
+        return self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
+
     def configure_model(self) -> None:
+        """Build the model, once, in this order: the settings the data decides, the tokenizer, the task's model,
+        LoRA, training mode, and the parts only fitting needs (a distillation teacher)."""
         if self.model is not None:  # Lightning calls this for every fit/validate/test/predict
             return
         h = self.hparams
+        self.adopt_from_data()
         self.tokenizer = backbones.load_tokenizer(h.model_name_or_path, h.trust_remote_code, h.tokenizer_name_or_path)
         self.model = self.build_model()
         if h.lora is not None:  # before any checkpoint loads: its keys are the wrapped model's
             self.model = apply_lora(self.model, LoraSettings(**h.lora))
         # from_pretrained returns eval mode, and Lightning keeps submodules' modes: without this, dropout stays off.
         self.model.train()
+        if self.distiller is not None and self.fitting:
+            self.distiller.attach(self)
+
+    def adopt_from_data(self) -> None:
+        """Write each `from_data` setting into the hyperparameters from the data module, unless the config or a
+        checkpoint already gave it, in which case the data must agree."""
+        dm = self.datamodule
+        ready = dm is not None and getattr(dm, "splits", None) is not None
+        for name in self.from_data:
+            offered, known = getattr(dm, name) if ready else None, self.hparams.get(name)
+            if known is None and offered is None:
+                raise ConfigError(f"model.{name}: unknown; train with a data module or load a checkpoint")
+            if known is None:
+                self.hparams[name] = offered
+            elif offered is not None and offered != known:
+                resuming = self._trainer is not None and self.trainer.ckpt_path  # Lightning took the checkpoint's
+                raise ConfigError(f"--ckpt_path: the checkpoint was trained on {name} {known}, the data has {offered}"
+                                  if resuming else f"model.{name}: set to {known}, but the data has {offered}")
+
+    @property
+    def labels(self) -> dict[int, str] | None:
+        """The label set, {id: name}, of a task whose labels come from the data (``{0: "score"}`` for regression)."""
+        return self.hparams.get("labels")
+
+    @property
+    def num_labels(self) -> int | None:
+        return None if self.labels is None else len(self.labels)
+
+    def label_overrides(self) -> dict:
+        """Config settings that carry the label names into the Hugging Face model and its export (`pipeline` names
+        the labels)."""
+        return dict(num_labels=self.num_labels, id2label=self.labels, label2id={v: k for k, v in self.labels.items()})
 
     def shared_step(self, batch: dict, split: str) -> torch.Tensor:
         """The loss of a batch of `split` (train, val or test), with the split's metrics updated."""
@@ -313,6 +367,11 @@ class TaskModule(pl.LightningModule):
             checkpoint[epoch_state.STATE_KEY] = epoch_state.gather(state, self.trainer.world_size)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("hyper_parameters", {})
+        for name in self.from_data if self.model is not None else ():  # a resume: built from this run's data
+            if saved.get(name) != self.hparams.get(name):
+                raise ConfigError(f"--ckpt_path: the checkpoint was trained on {name} {saved.get(name)}, the data "
+                                  f"has {self.hparams.get(name)}")
         self.resumed_best = checkpoint.get(BEST_KEY)
         self.resumed_epoch = checkpoint.get(epoch_state.STATE_KEY)
         self.configure_model()  # `load_from_checkpoint` never calls it, and the weights need somewhere to go
@@ -368,48 +427,3 @@ def export_checkpoint(ckpt_path: str, output_dir: str) -> Path:
     path = TaskModule.load_checkpoint(ckpt_path).export(output_dir)
     print(f"Exported {ckpt_path} to {path}")
     return path
-
-class LabeledTaskModule(TaskModule):
-    """Base of the tasks whose label set comes from the data and travels with the model.
-
-    A task whose label set comes from the data module (or a checkpoint), and is saved in checkpoints and in the
-    exported config (``id2label``), so `pipeline` names the labels.
-
-    Raises: ConfigError when a checkpoint's labels differ from the data's.
-    """
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.num_labels: int | None = None
-        self.id2label: dict[int, str] | None = None
-
-    def configure_model(self) -> None:
-        if self.num_labels is None and self._trainer is None:
-            return  # load_from_checkpoint: built in on_load_checkpoint, once the checkpoint's labels are known
-        super().configure_model()
-
-    def take_labels_from_data(self) -> None:
-        """Adopt the data module's label set, unless a checkpoint already supplied one."""
-        dm = self.datamodule
-        if self.num_labels is None and dm is not None and getattr(dm, "splits", None) is not None:
-            self.num_labels, self.id2label = dm.num_labels, dm.id2label
-        if self.num_labels is None:
-            raise ConfigError("model: the label set is unknown; train with a data module or load a checkpoint")
-
-    def label_overrides(self) -> dict:
-        """Config settings that carry the label names into the Hugging Face model and its export."""
-        id2label = self.id2label or {0: "score"}
-        return dict(num_labels=self.num_labels, id2label=id2label, label2id={v: k for k, v in id2label.items()})
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint["labels"] = {"num_labels": self.num_labels, "id2label": self.id2label}
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        saved = checkpoint["labels"]
-        if self.model is None:
-            self.num_labels, self.id2label = saved["num_labels"], saved["id2label"]
-        elif (saved["num_labels"], saved["id2label"]) != (self.num_labels, self.id2label):
-            raise ConfigError(f"--ckpt_path: the checkpoint was trained on labels {saved['id2label']} "
-                              f"({saved['num_labels']}), the data has {self.id2label} ({self.num_labels})")
-        super().on_load_checkpoint(checkpoint)

@@ -7,9 +7,9 @@ import torch.nn.functional as F
 import torchmetrics
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
-from lit_finetune.bounds import Fraction, NonNegativeFloat, PositiveFloat, Probability
-from lit_finetune.tasks.base import LabeledTaskModule, PerSplit
-from lit_finetune.tasks.distillation import DistillationMixin
+from lit_finetune.bounds import Fraction, settings_dict
+from lit_finetune.tasks.base import PerSplit, TaskModule
+from lit_finetune.tasks.distillation import DistillationSettings, Distiller, blended_loss, student_outputs
 
 SPLITS = ("train", "val", "test")
 
@@ -29,7 +29,7 @@ def split_metrics(num_labels: int) -> torchmetrics.MetricCollection:
     return torchmetrics.MetricCollection(metrics)
 
 
-class SequenceClassificationModule(DistillationMixin, LabeledTaskModule):
+class SequenceClassificationModule(TaskModule):
     """Fine-tunes ``AutoModelForSequenceClassification``; logs ``train/loss``, ``val/acc``, ``val/f1``, ...
 
     Features: label smoothing; MSE regression; knowledge distillation from a teacher (see tasks/distillation.py);
@@ -40,16 +40,15 @@ class SequenceClassificationModule(DistillationMixin, LabeledTaskModule):
 
     auto_class = AutoModelForSequenceClassification
     best_mode = "max"  # accuracy and Spearman alike
+    from_data = ("labels",)
 
     def __init__(
         self,
         model_name_or_path: str = "minilm",
         label_smoothing: Fraction = 0.0,
         classifier_dropout: Fraction | None = None,
-        teacher: str | None = None,
-        distill_alpha: Probability = 0.5,
-        distill_temperature: PositiveFloat = 2.0,
-        hidden_distill_weight: NonNegativeFloat = 0.0,
+        distillation: DistillationSettings | None = None,
+        labels: dict[int, str] | None = None,
         **kwargs,
     ):
         """
@@ -57,15 +56,14 @@ class SequenceClassificationModule(DistillationMixin, LabeledTaskModule):
             model_name_or_path: Backbone to fine-tune (see TaskModule).
             label_smoothing: Cross-entropy label smoothing (0 = off).
             classifier_dropout: Dropout before the classification head; the backbone's dropout when unset.
-            teacher: Distill from this fine-tuned classifier of the same labels and vocabulary: an exported folder
-                (a run's export/), a hub id or a lit_finetune .ckpt. Used in training only; never saved with the
-                student.
-            distill_alpha: Weight of the task loss; the teacher's soft-label loss gets 1 - alpha.
-            distill_temperature: Softens both models' class distributions before their KL (scaled back by T^2).
-            hidden_distill_weight: Weight of an MSE between the student's last hidden states, through a trained
-                projection, and the teacher's (0 = off).
+            distillation: Also learn from a fine-tuned classifier of the same labels and vocabulary, e.g.
+                ``{teacher: runs/sst2/export, alpha: 0.5}`` (see tasks/distillation.py).
+            labels: The classes, ``{id: name}`` (``{0: score}`` for regression); taken from the training data when
+                unset, and saved with the checkpoint.
         """
+        distillation = settings_dict(distillation, DistillationSettings, "model.distillation")
         super().__init__(model_name_or_path=model_name_or_path, **kwargs)
+        self.distiller = Distiller(distillation) if distillation else None
 
     @property
     def is_regression(self) -> bool:
@@ -76,7 +74,6 @@ class SequenceClassificationModule(DistillationMixin, LabeledTaskModule):
         return "spearman" if self.is_regression else "acc"
 
     def build_model(self) -> PreTrainedModel:
-        self.take_labels_from_data()
         h = self.hparams
         overrides = dict(self.label_overrides(),
                          problem_type="regression" if self.is_regression else "single_label_classification")
@@ -97,9 +94,9 @@ class SequenceClassificationModule(DistillationMixin, LabeledTaskModule):
         return logits.squeeze(-1) if self.is_regression else logits.argmax(-1)
 
     def shared_step(self, batch: dict, split: str) -> torch.Tensor:
-        outputs = self.student_outputs(batch, split)
+        outputs = student_outputs(self, batch, split)
         logits = outputs.logits
-        loss = self.with_distillation(self.loss(logits, batch["labels"]), outputs, batch, split)
+        loss = blended_loss(self, self.loss(logits, batch["labels"]), outputs, batch, split)
         self.metrics[split].update(self.predictions(logits.detach()), batch["labels"])
         self.log_loss(split, loss, len(batch["labels"]))
         return loss
@@ -108,7 +105,7 @@ class SequenceClassificationModule(DistillationMixin, LabeledTaskModule):
         logits = self(batch).float()
         if self.is_regression:
             return [{"id": i, "score": s} for i, s in zip(batch["example_id"], logits.squeeze(-1).tolist())]
-        names = [self.id2label[k] for k in sorted(self.id2label)]
+        names = [self.labels[k] for k in sorted(self.labels)]
         rows = []
         for example_id, probs in zip(batch["example_id"], logits.softmax(-1).tolist()):
             best = max(range(len(probs)), key=probs.__getitem__)

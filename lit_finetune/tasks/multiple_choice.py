@@ -7,30 +7,32 @@ import torch.nn.functional as F
 import torchmetrics
 from transformers import AutoModelForMultipleChoice, PreTrainedModel
 
-from lit_finetune.bounds import Fraction
-from lit_finetune.errors import ConfigError
-from lit_finetune.tasks.base import LabeledTaskModule, PerSplit
+from lit_finetune.bounds import Fraction, PositiveInt
+from lit_finetune.tasks.base import PerSplit, TaskModule
 
 SPLITS = ("train", "val", "test")
 
 
-class MultipleChoiceModule(LabeledTaskModule):
+class MultipleChoiceModule(TaskModule):
     """Fine-tunes ``AutoModelForMultipleChoice``; logs ``train/loss``, ``val/acc``, ``val/acc_best``, ``test/acc``.
 
-    The choice positions are the classes: ``num_labels`` is the number of choices, which comes from the data (or a
-    checkpoint). Features: label smoothing; accuracy per split plus the best validation value so far; predictions
-    with each choice's probability. No distillation: a teacher would need the same choices, and none is offered.
+    The choice positions are the classes; their number comes from the data (or a checkpoint). Features: label
+    smoothing; accuracy per split plus the best validation value so far; predictions with each choice's probability.
+    No distillation: a teacher would need the same choices, and none is offered.
     Raises: ConfigError when a checkpoint's number of choices differs from the data's.
     """
 
+    auto_class = AutoModelForMultipleChoice
     best_mode = "max"
     key_metric = "acc"
+    from_data = ("num_choices",)
 
     def __init__(
         self,
         model_name_or_path: str = "minilm",
         label_smoothing: Fraction = 0.0,
         classifier_dropout: Fraction | None = None,
+        num_choices: PositiveInt | None = None,
         **kwargs,
     ):
         """
@@ -38,20 +40,17 @@ class MultipleChoiceModule(LabeledTaskModule):
             model_name_or_path: Backbone to fine-tune (see TaskModule).
             label_smoothing: Cross-entropy label smoothing over the choices (0 = off).
             classifier_dropout: Dropout before the scoring head; the backbone's dropout when unset.
+            num_choices: Choices per example; taken from the training data when unset, and saved with the checkpoint.
         """
         super().__init__(model_name_or_path=model_name_or_path, **kwargs)
 
     def build_model(self) -> PreTrainedModel:
-        dm = self.datamodule
-        if self.num_labels is None and getattr(dm, "num_choices", None):
-            self.num_labels = dm.num_choices
-        if self.num_labels is None:
-            raise ConfigError("model: the number of choices is unknown; train with a data module or load a checkpoint")
-        accuracy = torchmetrics.Accuracy(task="multiclass", num_classes=self.num_labels)  # F1 over positions: none
+        # Accuracy only: F1 over choice positions means nothing.
+        accuracy = torchmetrics.Accuracy(task="multiclass", num_classes=self.hparams.num_choices)
         self.metrics = PerSplit({split: torchmetrics.MetricCollection({"acc": accuracy.clone()}, prefix=f"{split}/")
                                  for split in SPLITS})
         dropout = self.hparams.classifier_dropout
-        return self.load_backbone(AutoModelForMultipleChoice,
+        return self.load_backbone(self.auto_class,
                                   **({} if dropout is None else {"classifier_dropout": dropout}))
 
     def forward(self, batch: dict) -> torch.Tensor:

@@ -10,12 +10,11 @@ from seqeval import scheme as seqeval_schemes
 from seqeval.metrics import classification_report
 from transformers import AutoModelForTokenClassification, PreTrainedModel
 
-from lit_finetune.bounds import Fraction, NonNegativeFloat, PositiveFloat, Probability
+from lit_finetune.bounds import Fraction, settings_dict
 from lit_finetune.data.tag_schemes import OUTSIDE, TagScheme
-from lit_finetune.errors import ConfigError
-from lit_finetune.tasks.base import LabeledTaskModule
+from lit_finetune.tasks.base import TaskModule
 from lit_finetune.tasks.crf import CRF
-from lit_finetune.tasks.distillation import DistillationMixin
+from lit_finetune.tasks.distillation import DistillationSettings, Distiller, blended_loss, student_outputs
 
 SEQEVAL_SCHEMES = {"IOB1": seqeval_schemes.IOB1, "IOB2": seqeval_schemes.IOB2, "BIOES": seqeval_schemes.IOBES}
 CRF_FILE = "crf.safetensors"  # the CRF's scores beside an export (transformers' pipeline ignores the file)
@@ -43,7 +42,7 @@ def entity_scores(gold: list[list[str]], predicted: list[list[str]], scheme: Tag
     return scores
 
 
-class TokenClassificationModule(DistillationMixin, LabeledTaskModule):
+class TokenClassificationModule(TaskModule):
     """Token classification (NER) with entity-level F1, and an optional CRF.
 
     Fine-tunes ``AutoModelForTokenClassification``; logs ``val/f1``, ``val/precision``, ``val/recall`` and
@@ -58,8 +57,8 @@ class TokenClassificationModule(DistillationMixin, LabeledTaskModule):
     """
 
     best_mode = "max"  # entity F1
-
     auto_class = AutoModelForTokenClassification
+    from_data = ("labels", "tag_scheme")
 
     def __init__(
         self,
@@ -67,10 +66,9 @@ class TokenClassificationModule(DistillationMixin, LabeledTaskModule):
         use_crf: bool = False,
         strict_metrics: bool = False,
         classifier_dropout: Fraction | None = None,
-        teacher: str | None = None,
-        distill_alpha: Probability = 0.5,
-        distill_temperature: PositiveFloat = 2.0,
-        hidden_distill_weight: NonNegativeFloat = 0.0,
+        distillation: DistillationSettings | None = None,
+        labels: dict[int, str] | None = None,
+        tag_scheme: TagScheme | None = None,
         **kwargs,
     ):
         """
@@ -81,43 +79,31 @@ class TokenClassificationModule(DistillationMixin, LabeledTaskModule):
             strict_metrics: Count an entity only when its span and type match exactly under the tag scheme
                 (seqeval's strict mode); default is conlleval's matching, the one papers report.
             classifier_dropout: Dropout before the tagging head; the backbone's dropout when unset.
-            teacher: Distill from this fine-tuned tagger of the same tags and vocabulary: an exported folder (a
-                run's export/), a hub id or a lit_finetune .ckpt. Used in training only; never saved with the
-                student. With a CRF, on either side, the emissions are the logits that are distilled.
-            distill_alpha: Weight of the task loss; the teacher's soft-label loss gets 1 - alpha.
-            distill_temperature: Softens both models' tag distributions before their KL, averaged over the
-                labelled tokens (scaled back by T^2).
-            hidden_distill_weight: Weight of an MSE between the student's last hidden states, through a trained
-                projection, and the teacher's (0 = off).
+            distillation: Also learn from a fine-tuned tagger of the same tags and vocabulary, e.g.
+                ``{teacher: runs/conll/export}`` (see tasks/distillation.py); with a CRF on either side, the
+                emissions are the logits that are distilled.
+            labels: The tags, ``{id: name}``; taken from the training data when unset, and saved with the checkpoint.
+            tag_scheme: How the tags mark entities (IOB2, IOB1, BIOES); taken from the data (data.tag_scheme) when
+                unset.
         """
+        distillation = settings_dict(distillation, DistillationSettings, "model.distillation")
         super().__init__(model_name_or_path=model_name_or_path, **kwargs)
-        self.tag_scheme: TagScheme | None = None
+        self.distiller = Distiller(distillation) if distillation else None
         self.crf: CRF | None = None
         self.sequences: dict[str, tuple[list, list]] = {}  # split -> (gold, predicted) tag sequences of the epoch
 
+    @property
+    def tag_scheme(self) -> TagScheme:
+        return self.hparams.tag_scheme
+
     def build_model(self) -> PreTrainedModel:
-        self.take_labels_from_data()
-        if self.tag_scheme is None:
-            self.tag_scheme = self.datamodule.tag_scheme
-        tags = [self.id2label[i] for i in range(self.num_labels)]
+        tags = [self.labels[i] for i in range(self.num_labels)]
         if self.hparams.use_crf:
             self.crf = CRF(tags, self.tag_scheme)
         overrides = self.label_overrides()
         if self.hparams.classifier_dropout is not None:
             overrides["classifier_dropout"] = self.hparams.classifier_dropout
         return self.load_backbone(self.auto_class, **overrides)
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint["labels"]["tag_scheme"] = self.tag_scheme
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if self.model is None:
-            self.tag_scheme = checkpoint["labels"].get("tag_scheme", "IOB2")
-        elif checkpoint["labels"].get("tag_scheme", self.tag_scheme) != self.tag_scheme:
-            raise ConfigError(f"--ckpt_path: the checkpoint was trained on {checkpoint['labels']['tag_scheme']} "
-                              f"tags, the data is {self.tag_scheme} (data.tag_scheme)")
-        super().on_load_checkpoint(checkpoint)
 
     # ----------------------------------------------------------------------------------------------------------- #
 
@@ -139,16 +125,16 @@ class TokenClassificationModule(DistillationMixin, LabeledTaskModule):
             ids = self.crf.decode(word_emissions, mask)
         else:
             ids = [row[:n].tolist() for row, n in zip(word_emissions.argmax(-1), mask.sum(1).tolist())]
-        return [[self.id2label[i] for i in row] for row in ids]
+        return [[self.labels[i] for i in row] for row in ids]
 
     def gold(self, batch: dict) -> list[list[str]]:
-        return [[self.id2label[int(i)] for i in labels[starts]]
+        return [[self.labels[int(i)] for i in labels[starts]]
                 for labels, starts in zip(batch["labels"], batch["word_starts"])]
 
     def shared_step(self, batch: dict, split: str) -> torch.Tensor:
-        outputs = self.student_outputs(batch, split)
+        outputs = student_outputs(self, batch, split)
         emissions = outputs.logits
-        loss = self.with_distillation(self.loss(emissions, batch), outputs, batch, split,
+        loss = blended_loss(self, self.loss(emissions, batch), outputs, batch, split,
                                       positions=batch["labels"] != -100)
         self.log_loss(split, loss, len(batch["input_ids"]))
         if split != "train":

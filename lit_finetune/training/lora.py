@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -55,20 +55,6 @@ class LoraSettings:
     bias: Literal["none", "all", "lora_only"] = "none"
     use_rslora: bool = False
     modules_to_save: list[str] | None = None
-
-
-def settings_dict(lora: LoraSettings | dict | None) -> dict | None:
-    """`model.lora` as a dict of LoraSettings fields (the CLI may hand over either form).
-
-    Raises: ConfigError for a key LoraSettings does not have.
-    """
-    if lora is None or isinstance(lora, LoraSettings):
-        return asdict(lora) if lora is not None else None
-    unknown = set(lora) - {f.name for f in fields(LoraSettings)}
-    if unknown:
-        raise ConfigError(f"model.lora: unknown keys {sorted(unknown)}; expected some of "
-                          f"{[f.name for f in fields(LoraSettings)]}")
-    return asdict(LoraSettings(**lora))
 
 
 def is_lora(model: nn.Module) -> bool:

@@ -71,7 +71,7 @@ class FirstStep(Callback):
             return
         teacher = self.auto_class.from_pretrained(self.teacher_folder).eval()
         inputs = {k: self.batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
-        temperature = pl_module.hparams.distill_temperature
+        temperature = pl_module.hparams.distillation["temperature"]
         with torch.no_grad():
             t = teacher(**inputs).logits / temperature
             s = pl_module.model(**inputs).logits / temperature
@@ -80,8 +80,8 @@ class FirstStep(Callback):
             kl = kl[self.batch["labels"] != -100]
         self.kl = float(kl.mean())
         self.optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        if pl_module.hidden_projection is not None:
-            self.projection_grad = float(pl_module.hidden_projection.weight.grad.abs().sum())
+        if pl_module.distiller.projection is not None:
+            self.projection_grad = float(pl_module.distiller.projection.weight.grad.abs().sum())
 
 
 def first_step_row(run_dir) -> dict:
@@ -100,28 +100,29 @@ def test_classifier_student_loss_teacher_frozen_outside_checkpoint_and_export(tm
     export, run_dir = teachers["confident"], tmp_path / "student"
     first = FirstStep(export, AutoModelForSequenceClassification)
     cli = fit_with(first, [*tiny_args(teachers["data"], run_dir, *QUIET, STUDENT, "--trainer.max_epochs=1",
-                                      f"--model.init_args.teacher={export}", "--model.init_args.distill_alpha=0.3",
-                                      "--model.init_args.distill_temperature=3",
-                                      "--model.init_args.hidden_distill_weight=0.5")])
+                                      f"--model.init_args.distillation.teacher={export}",
+                                      "--model.init_args.distillation.alpha=0.3",
+                                      "--model.init_args.distillation.temperature=3",
+                                      "--model.init_args.distillation.hidden_weight=0.5")])
     row = first_step_row(run_dir)
     assert row["train/distill_kl_step"] == pytest.approx(first.kl, rel=1e-4) and first.kl > 1e-3
     expected = (0.3 * row["train/task_loss_step"] + 0.7 * 3 ** 2 * row["train/distill_kl_step"]
                 + 0.5 * row["train/hidden_mse_step"])
     assert row["train/loss_step"] == pytest.approx(expected, rel=1e-5)
 
-    student, teacher = cli.model, cli.model.teacher.model
+    student, teacher = cli.model, cli.model.distiller.teacher.model
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
     assert not {id(p) for p in teacher.parameters()} & first.optimized
-    assert {id(p) for p in student.hidden_projection.parameters()} <= first.optimized and first.projection_grad > 0
+    assert {id(p) for p in student.distiller.projection.parameters()} <= first.optimized and first.projection_grad > 0
     original = AutoModelForSequenceClassification.from_pretrained(export).state_dict()
     assert all(torch.equal(v, original[k]) for k, v in teacher.state_dict().items())
 
     saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-    assert set(saved) == {f"model.{k}" for k in student.model.state_dict()} | {"hidden_projection.weight",
-                                                                                "hidden_projection.bias"}
+    assert set(saved) == {f"model.{k}" for k in student.model.state_dict()} | {"distiller.projection.weight",
+                                                                                "distiller.projection.bias"}
     reloaded = TaskModule.load_checkpoint(run_dir / "checkpoints" / "last.ckpt")  # without reading the teacher
-    assert reloaded.teacher is None
-    assert torch.equal(reloaded.hidden_projection.weight, saved["hidden_projection.weight"])
+    assert reloaded.distiller.teacher is None
+    assert torch.equal(reloaded.distiller.projection.weight, saved["distiller.projection.weight"])
     exported = AutoModelForSequenceClassification.from_pretrained(run_dir / "export")
     assert exported.config.num_hidden_layers == 1 and exported.config.id2label == {0: "bad", 1: "good"}
     assert not [k for k in load_file(run_dir / "export" / "model.safetensors") if "projection" in k]
@@ -131,8 +132,9 @@ def test_checkpoint_teacher_and_alpha_one_is_exactly_the_task_loss(tmp_path, tea
     run_dir = tmp_path / "student"
     LitFinetuneCLI(args=["fit", *tiny_args(teachers["data"], run_dir, *QUIET, STUDENT, "--trainer.max_epochs=1",
                                            "--trainer.limit_train_batches=3",
-                                           f"--model.init_args.teacher={teachers['classifier']}/checkpoints/last.ckpt",
-                                           "--model.init_args.distill_alpha=1.0")])
+                                           "--model.init_args.distillation.teacher="
+                                           f"{teachers['classifier']}/checkpoints/last.ckpt",
+                                           "--model.init_args.distillation.alpha=1.0")])
     rows = [r for r in metrics_rows(run_dir) if r.get("train/loss_step")]
     assert len(rows) == 3 and all(r["train/loss_step"] == r["train/task_loss_step"] for r in rows)
     assert all(float(r["train/distill_kl_step"]) > 0 for r in rows)  # the teacher ran
@@ -144,13 +146,13 @@ def test_tagger_student_kl_over_labelled_tokens_with_the_fragment(use_crf, tmp_p
     export, run_dir = teachers["tagger"] / "export", tmp_path / "student"
     first = FirstStep(export, AutoModelForTokenClassification)
     args = ner_args(teachers["ner"], run_dir, STUDENT, f"--model.init_args.use_crf={use_crf}",
-                    f"--model.init_args.teacher={export}")
+                    f"--model.init_args.distillation.teacher={export}")
     cli = fit_with(first, [*args[:2], "--config", FRAGMENT, *args[2:]])
     row = first_step_row(run_dir)
     assert row["train/distill_kl_step"] == pytest.approx(first.kl, rel=1e-4) and first.kl > 1e-3
     assert row["train/loss_step"] == pytest.approx(0.5 * row["train/task_loss_step"]
                                                    + 0.5 * 2 ** 2 * row["train/distill_kl_step"], rel=1e-5)
-    assert "train/hidden_mse_step" not in row and cli.model.hidden_projection is None
+    assert "train/hidden_mse_step" not in row and cli.model.distiller.projection is None
     assert (cli.model.crf is not None) == use_crf and "val/f1" in metrics_rows(run_dir)[-1]
     assert AutoModelForTokenClassification.from_pretrained(run_dir / "export").config.num_hidden_layers == 1
 
@@ -177,7 +179,7 @@ def test_regression_student_matches_the_teacher_score(tmp_path):
     run_dir = tmp_path / "student"
     LitFinetuneCLI(args=["fit", *tiny_args(data, run_dir, *QUIET, "--data.init_args.num_labels=1",
                                            "--trainer.max_steps=2", f"--trainer.callbacks={checkpoint}",
-                                           f"--model.init_args.teacher={teacher}")])
+                                           f"--model.init_args.distillation.teacher={teacher}")])
     row = first_step_row(run_dir)
     assert "train/distill_kl_step" not in row  # a score has no distribution: no temperature, no T^2
     assert row["train/loss_step"] == pytest.approx(0.5 * row["train/task_loss_step"]
@@ -185,15 +187,15 @@ def test_regression_student_matches_the_teacher_score(tmp_path):
 
 
 @pytest.mark.parametrize("case, match", [
-    ("missing folder", r"model.teacher: folder '.*/nowhere/export' does not exist"),
-    ("missing checkpoint", r"model.teacher: checkpoint .*nope.ckpt does not exist"),
-    ("other labels", r"model.teacher: the teacher predicts labels \{0: 'neg', 1: 'pos'\}, the student's data has "
+    ("missing folder", r"model.distillation.teacher: folder '.*/nowhere/export' does not exist"),
+    ("missing checkpoint", r"model.distillation.teacher: checkpoint .*nope.ckpt does not exist"),
+    ("other labels", r"model.distillation.teacher: the teacher predicts labels \{0: 'neg', 1: 'pos'\}, the student's data has "
                      r"\{0: 'bad', 1: 'good'\}"),
-    ("other vocabulary", r"model.teacher: the teacher's tokenizer vocabulary \(30523 tokens\) differs from the "
+    ("other vocabulary", r"model.distillation.teacher: the teacher's tokenizer vocabulary \(30523 tokens\) differs from the "
                          r"student's \(30522"),
-    ("other task", r"model.teacher: .* is BertForTokenClassification; the student needs a \*ForSequenceClassification"),
-    ("hidden loss alone", r"model.hidden_distill_weight: a hidden-state loss needs a teacher \(model.teacher\)"),
-    ("alpha out of range", r'(?s)Parser key "distill_alpha".*1.5 does not conform to restriction v>=0 and v<=1'),
+    ("other task", r"model.distillation.teacher: .* is BertForTokenClassification; the student needs a \*ForSequenceClassification"),
+    ("hidden loss alone", r"(?s)distillation.*teacher"),
+    ("alpha out of range", r'(?s)Parser key "alpha".*1.5 does not conform to restriction v>=0 and v<=1'),
 ])
 def test_a_teacher_that_cannot_teach_is_refused_before_training(case, match, tmp_path, tiny_data):
     folder = tmp_path / "teacher"
@@ -208,9 +210,10 @@ def test_a_teacher_that_cannot_teach_is_refused_before_training(case, match, tmp
         "alpha out of range": f"{tmp_path}/unread/export",  # settings are checked before the teacher is read
     }[case]
     teacher = teacher() if callable(teacher) else teacher
-    extra = [f"--model.init_args.teacher={teacher}"] if teacher else ["--model.init_args.hidden_distill_weight=1"]
+    extra = [f"--model.init_args.distillation.teacher={teacher}"] if teacher else \
+        ["--model.init_args.distillation.hidden_weight=1"]
     if case == "alpha out of range":
-        extra.append("--model.init_args.distill_alpha=1.5")
+        extra.append("--model.init_args.distillation.alpha=1.5")
     with pytest.raises((ConfigError, ArgumentError), match=match):  # bounds are checked when the config is parsed
         LitFinetuneCLI(args=["fit", *tiny_args(tiny_data, tmp_path / "run", *QUIET, *extra)])
     assert not (tmp_path / "run" / "checkpoints").exists()
@@ -220,9 +223,9 @@ def test_a_teacher_that_cannot_teach_is_refused_before_training(case, match, tmp
                                                 ("ner/conll2003.yaml", TokenClassificationModule)])
 def test_fragment_merges_into_either_task_config(config, task_class, tmp_path):
     cli = LitFinetuneCLI(args=["--config", str(REPO / "configs" / config), "--config", FRAGMENT,
-                               "--model.init_args.teacher=runs/sst2/export",
+                               "--model.init_args.distillation.teacher=runs/sst2/export",
                                f"--trainer.default_root_dir={tmp_path}"], run=False)
     h = cli.model.hparams
     assert type(cli.model) is task_class and h.learning_rate == 1e-4  # the task config's settings stay
-    assert (h.teacher, h.config_overrides, h.distill_alpha, h.distill_temperature) == (
-        "runs/sst2/export", {"num_hidden_layers": 2}, 0.5, 2.0)
+    assert (h.config_overrides, h.distillation) == ({"num_hidden_layers": 2}, {
+        "teacher": "runs/sst2/export", "alpha": 0.5, "temperature": 2.0, "hidden_weight": 0.0})

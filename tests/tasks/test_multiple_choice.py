@@ -49,7 +49,7 @@ def test_fit_learns_then_predict_and_export_agree(tmp_path):
     assert len(train_loss) == 4 and train_loss[-1] < 0.7 * train_loss[0]  # chance is ln 4 = 1.39
     assert logged_values(run_dir, "val/acc")[-1] >= 0.9
     assert {"val/acc_best", "val/loss", "train/acc"} <= set(metrics_rows(run_dir)[0])
-    assert isinstance(cli.model, MultipleChoiceModule) and cli.model.num_labels == 4
+    assert isinstance(cli.model, MultipleChoiceModule) and cli.model.hparams.num_choices == 4
     [best] = (run_dir / "checkpoints").glob("best-*.ckpt")
     tested = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=str(best))
     assert tested[0]["test/acc"] >= 0.9
@@ -78,6 +78,6 @@ def test_fit_learns_then_predict_and_export_agree(tmp_path):
 def test_distillation_is_refused_in_one_line(capsys, tmp_path):
     """Multiple choice has no teacher: a config that names one stops at parsing, naming the key."""
     line = one_line_error(capsys, ["fit", *swag_args({"train": tmp_path / "none.csv"}, tmp_path / "run"),
-                                   "--model.init_args.teacher=some/teacher"])
-    assert "teacher" in line
+                                   "--model.init_args.distillation.teacher=some/teacher"])
+    assert "distillation" in line
     assert not (tmp_path / "run").exists()

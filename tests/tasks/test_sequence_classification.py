@@ -117,11 +117,9 @@ def test_regression_logs_correlations(tmp_path):
 
 
 def test_label_smoothing_raises_the_loss_of_confident_predictions():
-    module = SequenceClassificationModule(label_smoothing=0.2)
-    module.num_labels = 2
+    module = SequenceClassificationModule(label_smoothing=0.2, labels={0: "a", 1: "b"})
     logits, labels = torch.tensor([[8.0, -8.0]]), torch.tensor([0])
-    plain = SequenceClassificationModule()
-    plain.num_labels = 2
+    plain = SequenceClassificationModule(labels={0: "a", 1: "b"})
     assert module.loss(logits, labels) > plain.loss(logits, labels) + 0.1
 
 

@@ -91,7 +91,7 @@ def last(run_dir: Path, key: str) -> float | None:
 def case_throughput(out: Path, a: argparse.Namespace) -> list[dict]:
     rows, steps = [], a.throughput_steps
     for name, (config, model) in OBJECTIVES.items():
-        data = ["--data.init_args.train_dataset=null", "--data.init_args.validation_dataset=null",
+        data = ["--data.init_args.dataset_name=null", "--data.init_args.validation_dataset=null",
                 f"--data.init_args.train_file={WIKI / 'train.txt'}",
                 f"--data.init_args.validation_file={STSB / 'dev.tsv'}",
                 "--data.init_args.max_length=128"] if name == "simcse" else local_wiki()
@@ -134,7 +134,7 @@ def case_clm(out: Path, a: argparse.Namespace) -> list[dict]:
 
 
 def case_simcse(out: Path, a: argparse.Namespace) -> list[dict]:
-    args = ["--data.init_args.train_dataset=null", "--data.init_args.validation_dataset=null",
+    args = ["--data.init_args.dataset_name=null", "--data.init_args.validation_dataset=null",
             f"--data.init_args.train_file={WIKI / 'train.txt'}", f"--data.init_args.validation_file={STSB / 'dev.tsv'}",
             "--model.init_args.pooling=mean", f"--trainer.precision={a.precision}", *budget(a.steps)]
     row = {"case": "unsupervised SimCSE, packaged MiniLM (mean pooling)", "steps": a.steps, "metric": "val/spearman",

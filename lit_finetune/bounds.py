@@ -1,5 +1,6 @@
 """Number types for config knobs, checked by jsonargparse when the config is parsed, so a learning rate of -1 or a
-batch size of 0 is refused with its key named before anything is built."""
+batch size of 0 is refused with its key named before anything is built; and settings groups (dataclasses such as
+LoraSettings) turned into the plain values that checkpoints keep."""
 
 from __future__ import annotations
 

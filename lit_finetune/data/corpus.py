@@ -83,7 +83,7 @@ class CorpusDataModule(TokenizedDataModule):
         examples: Examples = "blocks",
         max_length: PositiveInt = 128,
         validation_fraction: OpenFraction = 0.05,
-        max_train_documents: PositiveInt | None = None,
+        max_train_examples: PositiveInt | None = None,
         seed: int = 42,
         **kwargs,
     ):
@@ -100,7 +100,7 @@ class CorpusDataModule(TokenizedDataModule):
                 prediction) or ``sop`` (ALBERT's sentence-order prediction).
             max_length: Tokens per block or pair, special tokens included.
             validation_fraction: Share of training documents held out when there is no validation data.
-            max_train_documents: Keep only the first N training documents (quick runs, fixed budgets).
+            max_train_examples: Keep only the first N training documents (quick runs, fixed budgets).
             seed: Seed for the validation hold-out and for drawing sentence pairs.
             **kwargs: Tokenizer, batch sizes (in blocks or pairs), workers and cache (see TokenizedDataModule).
         """
@@ -150,8 +150,8 @@ class CorpusDataModule(TokenizedDataModule):
         for split, docs in raw.items():
             if len(docs) == 0:
                 raise DataError(f"{self.files.get(split, h.dataset_name)}: the {split} split has no text")
-        if h.max_train_documents:
-            raw["train"] = raw["train"].select(range(min(h.max_train_documents, len(raw["train"]))))
+        if h.max_train_examples:
+            raw["train"] = raw["train"].select(range(min(h.max_train_examples, len(raw["train"]))))
         if "validation" not in raw:
             if not 0 < h.validation_fraction < 1 or len(raw["train"]) < 2:
                 raise ConfigError(f"data.validation_fraction: got {h.validation_fraction} with "

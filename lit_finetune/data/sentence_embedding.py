@@ -54,8 +54,9 @@ class SentenceEmbeddingDataModule(TokenizedDataModule):
     def __init__(
         self,
         model_name_or_path: str = "minilm",
+        dataset_name: str | None = None,
+        dataset_config: str | None = None,
         train_file: str | None = None,
-        train_dataset: str | None = None,
         validation_file: str | None = None,
         validation_dataset: str | None = None,
         text_column: str = "text",
@@ -72,11 +73,13 @@ class SentenceEmbeddingDataModule(TokenizedDataModule):
         """
         Args:
             model_name_or_path: Backbone whose tokenizer is used; linked from model.model_name_or_path.
+            dataset_name: Hub dataset of the training sentences (its ``train`` split); leave unset to read a file.
+            dataset_config: Hub dataset configuration name, if the dataset has several.
             train_file: Local training sentences: .txt (one per line) or csv / tsv / jsonl / json / parquet.
-            train_dataset: Hub dataset for training (its ``train`` split), instead of a file.
             validation_file: Local STS-style pairs: two sentence columns and a similarity score.
             validation_dataset: Hub dataset of STS-style pairs (its ``validation`` split), e.g.
-                ``sentence-transformers/stsb``.
+                ``sentence-transformers/stsb``: scored pairs usually come from another dataset than the training
+                sentences, hence a source of their own.
             text_column: Column of the training sentences (tabular files and hub data).
             positive_column: Column of a positive for each sentence (supervised SimCSE, e.g. an NLI entailment).
             negative_column: Column of a hard negative for each sentence (e.g. an NLI contradiction).
@@ -89,8 +92,8 @@ class SentenceEmbeddingDataModule(TokenizedDataModule):
             **kwargs: Tokenizer, evaluation batch size, workers and cache (see TokenizedDataModule).
         """
         super().__init__(model_name_or_path=model_name_or_path, batch_size=batch_size, **kwargs)
-        if not (train_file or train_dataset):
-            raise ConfigError("data: give data.train_file or data.train_dataset (the training sentences)")
+        if not (train_file or dataset_name):
+            raise ConfigError("data: give data.train_file or data.dataset_name (the training sentences)")
         if negative_column and not positive_column:
             raise ConfigError("data.negative_column: hard negatives need data.positive_column as well")
         self.files = {split: p for split, p in (("train", train_file), ("validation", validation_file)) if p}
@@ -98,11 +101,12 @@ class SentenceEmbeddingDataModule(TokenizedDataModule):
 
     def read(self, split: str) -> tuple[datasets.Dataset, str] | None:
         h = self.hparams
-        path, hub = (h.train_file, h.train_dataset) if split == "train" else (h.validation_file, h.validation_dataset)
+        path, hub, config = (h.train_file, h.dataset_name, h.dataset_config) if split == "train" else \
+            (h.validation_file, h.validation_dataset, None)
         if path:  # a .txt file: one sentence per line
             return readers.read_file(path, f"data.{split}_file", "line", h.text_column), path
         if hub:
-            return readers.read_hub(hub, None)[split], f"{hub} [{split}]"
+            return readers.read_hub(hub, config)[split], f"{hub} [{split}]"
         return None
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:

@@ -7,7 +7,6 @@ from lit_finetune.tasks.pretraining import (
     CausalLMModule,
     ElectraPretrainingModule,
     MaskedLMModule,
-    SentencePairPretrainingModule,
     SimCSEModule,
 )
 from lit_finetune.tasks.question_answering import QuestionAnsweringModule
@@ -16,5 +15,5 @@ from lit_finetune.tasks.sft import CausalSFTModule
 from lit_finetune.tasks.token_classification import TokenClassificationModule
 
 __all__ = ["CausalLMModule", "CausalSFTModule", "ElectraPretrainingModule", "MaskedLMModule",
-           "MultipleChoiceModule", "QuestionAnsweringModule", "SentencePairPretrainingModule",
+           "MultipleChoiceModule", "QuestionAnsweringModule",
            "SequenceClassificationModule", "Seq2SeqModule", "SimCSEModule", "TaskModule", "TokenClassificationModule"]

@@ -29,6 +29,7 @@ from lit_finetune.io import atomic_directory
 from lit_finetune.run_folder import EXPORT_MARKER
 from lit_finetune.training import epoch_state
 from lit_finetune.training.checkpointing import NonFiniteError, non_finite_tensors, read_checkpoint
+from lit_finetune.training.distributed import gather_objects
 from lit_finetune.training.layers import parameter_counts
 from lit_finetune.training.lora import KEY as LORA_KEY
 from lit_finetune.training.lora import LoraSettings, apply_lora, is_lora, merged_copy, save_adapter
@@ -185,9 +186,7 @@ class TaskModule(pl.LightningModule):
             if known is None:
                 self.hparams[name] = offered
             elif offered is not None and offered != known:
-                resuming = self._trainer is not None and self.trainer.ckpt_path  # Lightning took the checkpoint's
-                raise ConfigError(f"--ckpt_path: the checkpoint was trained on {name} {known}, the data has {offered}"
-                                  if resuming else f"model.{name}: set to {known}, but the data has {offered}")
+                raise ConfigError(f"model.{name}: set to {known}, but the data has {offered}")
 
     @property
     def labels(self) -> dict[int, str] | None:
@@ -364,7 +363,7 @@ class TaskModule(pl.LightningModule):
             if self.pending_epoch_sums:  # a save before the resumed run's first step ended
                 self.pending_epoch_sums = epoch_state.merge_logged(results, self.pending_epoch_sums)
             state = epoch_state.capture(self, results)
-            checkpoint[epoch_state.STATE_KEY] = epoch_state.gather(state, self.trainer.world_size)
+            checkpoint[epoch_state.STATE_KEY] = gather_objects(state, self.trainer.world_size)  # one per process
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint.get("hyper_parameters", {})

@@ -6,9 +6,7 @@ import json
 import math
 from pathlib import Path
 
-import lightning.pytorch as pl
 import torch
-import torch.distributed as dist
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torchmetrics.text import SQuAD
 from transformers import AutoModelForQuestionAnswering, PreTrainedModel
@@ -16,7 +14,8 @@ from transformers import AutoModelForQuestionAnswering, PreTrainedModel
 from lit_finetune.bounds import PositiveInt
 from lit_finetune.io import write_text
 from lit_finetune.run_folder import RunFolder
-from lit_finetune.tasks.base import TaskModule
+from lit_finetune.tasks.base import PerSplit, TaskModule
+from lit_finetune.training.distributed import gather_objects
 
 SPLITS = ("val", "test")  # the splits scored with exact match and F1 (training logs its loss only)
 
@@ -77,15 +76,6 @@ def squad_inputs(predicted: dict[str, str], gold: dict[str, list[str]]) -> tuple
             [{"id": i, "answers": {"text": t, "answer_start": [0] * len(t)}} for i, t in texts.items()])
 
 
-def gather_rows(trainer: pl.Trainer, rows: list[dict]) -> list[dict]:
-    """All processes' rows: under DDP the windows of one question may be scored on different ranks."""
-    if trainer.world_size == 1 or not dist.is_available() or not dist.is_initialized():
-        return rows
-    parts = [None] * trainer.world_size
-    dist.all_gather_object(parts, rows)
-    return [row for part in parts for row in part]
-
-
 class QuestionAnsweringModule(TaskModule):
     """Extractive question answering on ``AutoModelForQuestionAnswering`` (SQuAD EM / F1).
 
@@ -118,8 +108,7 @@ class QuestionAnsweringModule(TaskModule):
                 by more than this (tune it on validation data).
         """
         super().__init__(model_name_or_path=model_name_or_path, **kwargs)
-        for split in SPLITS:  # one metric per scored split: val_metrics, test_metrics
-            setattr(self, f"{split}_metrics", SQuAD())
+        self.squad = PerSplit({split: SQuAD() for split in SPLITS})
         self.candidates: list[dict] = []  # per-window rows of the running evaluation epoch
 
     def build_model(self) -> PreTrainedModel:
@@ -152,18 +141,22 @@ class QuestionAnsweringModule(TaskModule):
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self.evaluation_step(batch, "test")
 
+    def all_rows(self, rows: list[dict]) -> list[dict]:
+        """All processes' window rows: under DDP the windows of one question may be scored on different ranks."""
+        return [row for part in gather_objects(rows, self.trainer.world_size) for row in part]
+
     def answers(self, rows: list[dict]) -> dict[str, str]:
         """``{id: answer}`` for every question of all processes' windows."""
-        return answers_by_id(gather_rows(self.trainer, rows), self.allow_no_answer,
+        return answers_by_id(self.all_rows(rows), self.allow_no_answer,
                              self.hparams.null_score_diff_threshold)
 
     def log_scores(self, split: str) -> dict[str, torch.Tensor]:
-        rows, self.candidates = gather_rows(self.trainer, self.candidates), []
+        rows, self.candidates = self.all_rows(self.candidates), []
         predicted = answers_by_id(rows, self.allow_no_answer, self.hparams.null_score_diff_threshold)
         gold = {row["id"]: row["answers"] for row in rows}
         # Every rank holds every answer now: each scores its share, and the metric sums the shares.
         mine = sorted(predicted)[self.trainer.global_rank::self.trainer.world_size]
-        metric = getattr(self, f"{split}_metrics")
+        metric = self.squad[split]
         metric.update(*squad_inputs({i: predicted[i] for i in mine}, gold))
         scores = metric.compute()
         metric.reset()

@@ -12,7 +12,7 @@ from transformers import AutoConfig, AutoModelForSeq2SeqLM, PreTrainedModel
 from lit_finetune import backbones
 from lit_finetune.bounds import Fraction, NonNegativeInt, PositiveInt
 from lit_finetune.errors import ConfigError
-from lit_finetune.tasks.base import TaskModule
+from lit_finetune.tasks.base import PerSplit, TaskModule
 from lit_finetune.tasks.generation_metrics import GenerationScores
 from lit_finetune.training.samples import record_samples
 
@@ -64,8 +64,7 @@ class Seq2SeqModule(TaskModule):
         super().__init__(model_name_or_path=model_name_or_path, **kwargs)
         if num_beams < 1 or max_new_tokens < 1:
             raise ConfigError(f"model: num_beams ({num_beams}) and max_new_tokens ({max_new_tokens}) must be >= 1")
-        self.val_scores = GenerationScores()  # one metric object per evaluated split
-        self.test_scores = GenerationScores()
+        self.scores = PerSplit({"val": GenerationScores(), "test": GenerationScores()})
         self.samples: list[dict] = []
 
     def require_encoder_decoder(self) -> None:
@@ -116,7 +115,7 @@ class Seq2SeqModule(TaskModule):
                                    (h.max_eval_generate_batches is None or batch_idx < h.max_eval_generate_batches)):
             return
         predictions = self.generate(batch)
-        getattr(self, f"{split}_scores").update(predictions, batch["target_text"])
+        self.scores[split].update(predictions, batch["target_text"])
         if split == "val" and len(self.samples) < h.num_samples:
             self.samples += [{"id": i, "source": s, "reference": r, "prediction": p} for i, s, r, p in
                              zip(batch["example_id"], batch["source_text"], batch["target_text"], predictions)]
@@ -128,7 +127,7 @@ class Seq2SeqModule(TaskModule):
         self.evaluation_step(batch, batch_idx, "test")
 
     def log_scores(self, split: str) -> dict[str, torch.Tensor]:
-        scores = getattr(self, f"{split}_scores")
+        scores = self.scores[split]
         if not scores.update_called:  # generation off
             return {}
         values = {f"{split}/{name}": value for name, value in scores.compute().items()}  # synced across processes

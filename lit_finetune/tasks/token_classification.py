@@ -15,6 +15,7 @@ from lit_finetune.data.tag_schemes import OUTSIDE, TagScheme
 from lit_finetune.tasks.base import TaskModule
 from lit_finetune.tasks.crf import CRF
 from lit_finetune.tasks.distillation import DistillationSettings, Distiller, blended_loss, student_outputs
+from lit_finetune.training.distributed import gather_objects
 
 SEQEVAL_SCHEMES = {"IOB1": seqeval_schemes.IOB1, "IOB2": seqeval_schemes.IOB2, "BIOES": seqeval_schemes.IOBES}
 CRF_FILE = "crf.safetensors"  # the CRF's scores beside an export (transformers' pipeline ignores the file)
@@ -145,11 +146,9 @@ class TokenClassificationModule(TaskModule):
 
     def log_entity_scores(self, split: str) -> dict[str, float]:
         gold, predicted = self.sequences.pop(split, ([], []))
-        if self.trainer.world_size > 1:  # every rank scored its own share of the sentences
-            shares = [None] * self.trainer.world_size
-            torch.distributed.all_gather_object(shares, (gold, predicted))
-            gold = [s for share in shares for s in share[0]]
-            predicted = [s for share in shares for s in share[1]]
+        shares = gather_objects((gold, predicted), self.trainer.world_size)  # each rank tagged its own sentences
+        gold = [s for share in shares for s in share[0]]
+        predicted = [s for share in shares for s in share[1]]
         scores = {f"{split}/{k}": v for k, v in
                   entity_scores(gold, predicted, self.tag_scheme, self.hparams.strict_metrics).items()}
         headline = f"{split}/f1"

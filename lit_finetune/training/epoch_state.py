@@ -9,7 +9,6 @@ process keeps its own share, so the checkpoint holds one entry per process and e
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torchmetrics
 from lightning.pytorch.utilities import rank_zero_warn
 
@@ -42,15 +41,6 @@ def capture(module, results) -> dict:
             logged[key] = {"value": _cpu(result.value), "reduce": reduce_name(result),
                            "batch_size": _cpu(getattr(result, "cumulated_batch_size", torch.tensor(0)))}
     return {"metrics": metrics, "logged": logged}
-
-
-def gather(state: dict, world_size: int) -> list[dict]:
-    """Every process's state, in rank order (a collective: each process's save calls it)."""
-    if world_size <= 1 or not dist.is_available() or not dist.is_initialized():
-        return [state]
-    states: list = [None] * world_size
-    dist.all_gather_object(states, state)
-    return states
 
 
 def reduce_name(result) -> str:

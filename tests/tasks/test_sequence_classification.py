@@ -140,7 +140,13 @@ def test_fused_adamw_unless_lightning_clips_mixed_precision_gradients(precision,
 
 
 def test_checkpoint_with_other_labels_cannot_resume(tmp_path, tiny_data):
+    """The label set is decided by the data once, saved in the hyperparameters, and checked against the data of a
+    resume or of a config that names it."""
     run("fit", *tiny_args(tiny_data, tmp_path / "run"))
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert checkpoint["hyper_parameters"]["labels"] == {0: "bad", 1: "good"} and "labels" not in checkpoint
+    with pytest.raises(ConfigError, match=r"model.labels: set to \{0: 'good', 1: 'bad'\}, but the data has "):
+        run("fit", *tiny_args(tiny_data, tmp_path / "named"), "--model.init_args.labels={0: good, 1: bad}")
     rows = [{"id": str(i), "text": f"w{i}", "label": "xyz"[i % 3]} for i in range(30)]
     other = {"train": write_rows(tmp_path / "other.csv", rows)}
     last = str(tmp_path / "run" / "checkpoints" / "last.ckpt")

@@ -40,7 +40,7 @@ def sts_data(tmp_path):
 def simcse_args(data, run_dir, *extra):
     return ["--config", str(REPO / "configs" / "pretrain" / "simcse.yaml"), f"--trainer.default_root_dir={run_dir}",
             "--model.init_args.model_name_or_path=tiny:bert", "--model.init_args.pooling=mean",
-            "--model.init_args.learning_rate=1e-3", "--data.init_args.train_dataset=null",
+            "--model.init_args.learning_rate=1e-3", "--data.init_args.dataset_name=null",
             "--data.init_args.validation_dataset=null", f"--data.init_args.validation_file={data / 'sts.tsv'}",
             "--data.init_args.batch_size=32", "--trainer.max_epochs=3", "--trainer.val_check_interval=1.0",
             "--trainer.accelerator=cpu", "--trainer.enable_model_summary=false", *extra]

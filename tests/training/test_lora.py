@@ -20,9 +20,10 @@ from transformers import (
 )
 
 from lit_finetune.backbones import load_model
+from lit_finetune.bounds import settings_dict
 from lit_finetune.errors import ConfigError
 from lit_finetune.training.layers import parameter_counts
-from lit_finetune.training.lora import LoraSettings, apply_lora, is_lora, merged_copy, save_adapter
+from lit_finetune.training.lora import KEY, LoraSettings, apply_lora, is_lora, merged_copy, save_adapter
 
 # kind: (preset, Auto class, config overrides, peft's default targets for the model type, head trained in full)
 KINDS = {
@@ -279,8 +280,6 @@ def backbone_for(module):
 
 
 def test_unknown_lora_key_is_named():
-    from lit_finetune.training.lora import settings_dict
-
     with pytest.raises(ConfigError, match=r"model.lora: unknown keys \['rank'\]; expected some of \['r', "):
-        settings_dict({"rank": 8})
-    assert settings_dict({"r": 4})["r"] == 4 and settings_dict(None) is None
+        settings_dict({"rank": 8}, LoraSettings, KEY)
+    assert settings_dict({"r": 4}, LoraSettings, KEY)["r"] == 4 and settings_dict(None, LoraSettings, KEY) is None

@@ -2,8 +2,6 @@
 
 from lit_finetune.tasks.pretraining.electra import ElectraPretrainingModule
 from lit_finetune.tasks.pretraining.language_modeling import CausalLMModule, MaskedLMModule
-from lit_finetune.tasks.pretraining.sentence_pairs import SentencePairPretrainingModule
 from lit_finetune.tasks.pretraining.simcse import SimCSEModule
 
-__all__ = ["CausalLMModule", "ElectraPretrainingModule", "MaskedLMModule", "SentencePairPretrainingModule",
-           "SimCSEModule"]
+__all__ = ["CausalLMModule", "ElectraPretrainingModule", "MaskedLMModule", "SimCSEModule"]

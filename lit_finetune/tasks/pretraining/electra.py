@@ -10,7 +10,7 @@ from transformers import ElectraForMaskedLM, ElectraForPreTraining, PreTrainedMo
 
 from lit_finetune.bounds import DecayFactor, OpenFraction, PositiveFloat, Probability
 from lit_finetune.errors import ConfigError
-from lit_finetune.tasks.base import TaskModule
+from lit_finetune.tasks.base import PerSplit, TaskModule
 from lit_finetune.tasks.pretraining.masking import mask_tokens, select_tokens
 
 SPLITS = ("train", "val")
@@ -73,12 +73,11 @@ class ElectraPretrainingModule(TaskModule):
         self.generator: ElectraForMaskedLM | None = None
         self.val_generator: torch.Generator | None = None
         self.val_sampling_generator: torch.Generator | None = None
-        for split in SPLITS:
-            setattr(self, f"{split}_detection", torchmetrics.MetricCollection({
-                "disc_acc": torchmetrics.classification.BinaryAccuracy(),
-                "replaced_precision": torchmetrics.classification.BinaryPrecision(),
-                "replaced_recall": torchmetrics.classification.BinaryRecall()}, prefix=f"{split}/"))
-            setattr(self, f"{split}_generator_acc", torchmetrics.MeanMetric())
+        self.detection = PerSplit({split: torchmetrics.MetricCollection({
+            "disc_acc": torchmetrics.classification.BinaryAccuracy(),
+            "replaced_precision": torchmetrics.classification.BinaryPrecision(),
+            "replaced_recall": torchmetrics.classification.BinaryRecall()}, prefix=f"{split}/") for split in SPLITS})
+        self.generator_acc = PerSplit({split: torchmetrics.MeanMetric() for split in SPLITS})
 
     def build_model(self) -> PreTrainedModel:
         h = self.hparams
@@ -116,8 +115,8 @@ class ElectraPretrainingModule(TaskModule):
             uniform = torch.rand(logits.shape, generator=self.val_sampling_generator if split == "val" else None,
                                  device=logits.device).clamp_(1e-9, 1 - 1e-9)
             sampled = (logits - torch.log(-torch.log(uniform))).argmax(-1)  # Gumbel-max: a draw from softmax
-            getattr(self, f"{split}_generator_acc").update((logits.argmax(-1) == labels[selected]).float().mean(),
-                                                           weight=int(selected.sum()))
+            self.generator_acc[split].update((logits.argmax(-1) == labels[selected]).float().mean(),
+                                             weight=int(selected.sum()))
         replaced = input_ids.clone()
         replaced[selected] = sampled
         return out.loss, replaced
@@ -128,7 +127,7 @@ class ElectraPretrainingModule(TaskModule):
         out = self.model(input_ids=replaced, attention_mask=batch["attention_mask"], labels=is_replaced)
         loss = generator_loss + self.hparams.discriminator_weight * out.loss
         active = batch["attention_mask"].bool()
-        getattr(self, f"{split}_detection").update((out.logits.detach() > 0)[active].long(), is_replaced[active])
+        self.detection[split].update((out.logits.detach() > 0)[active].long(), is_replaced[active])
         on_step = split == "train"
         self.log_dict({f"{split}/loss": loss, f"{split}/generator_loss": generator_loss,
                        f"{split}/discriminator_loss": out.loss}, on_step=on_step, on_epoch=True,
@@ -142,7 +141,7 @@ class ElectraPretrainingModule(TaskModule):
         self.shared_step(batch, "val")
 
     def log_split(self, split: str) -> None:
-        detection, generator_acc = getattr(self, f"{split}_detection"), getattr(self, f"{split}_generator_acc")
+        detection, generator_acc = self.detection[split], self.generator_acc[split]
         self.log_dict({**detection.compute(), f"{split}/generator_acc": generator_acc.compute()},
                       prog_bar=split == "val")
         detection.reset()

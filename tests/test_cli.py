@@ -49,19 +49,30 @@ def test_top_level_help_lists_every_command_and_each_command_has_its_own(tmp_pat
     assert "train:" in capsys.readouterr().out and (tmp_path / "train.csv").is_file()
 
 
-def test_help_documents_each_knob():
-    result = run_cli("fit", "--data.help", "lit_finetune.data.TextClassificationDataModule")
-    assert "Sample training batches of similar length" in result.stdout
-    result = run_cli("fit", "--model.help", "lit_finetune.tasks.SequenceClassificationModule")
-    for text in ("Peak learning rate of AdamW", "Cross-entropy label smoothing", "Linear warmup, as a fraction"):
-        assert text in result.stdout
+def cli_output(capsys, args: list[str]) -> str:
+    """What the `lit-finetune` entry point prints for `args` (help and --print_config exit 0), run in this process:
+    the subprocess tests below and in the other files pay the import of Lightning for the rest."""
+    with pytest.raises(SystemExit) as exit_info:
+        commands.main(args)
+    assert exit_info.value.code in (0, None)
+    return capsys.readouterr().out
 
 
-def test_print_config_shows_every_knob(tmp_path):
-    result = run_cli("fit", "--config", "configs/classification/quickstart.yaml", "--print_config")
+def test_help_documents_each_knob(capsys):
+    out = cli_output(capsys, ["fit", "--data.help", "lit_finetune.data.TextClassificationDataModule"])
+    assert "Sample training batches of similar length" in out
+    out = cli_output(capsys, ["fit", "--model.help", "lit_finetune.tasks.SequenceClassificationModule"])
+    for text in ("Peak learning rate of AdamW", "Cross-entropy label smoothing", "Linear warmup, as a fraction",
+                 "Also learn from a fine-tuned classifier"):
+        assert text in out
+
+
+def test_print_config_shows_every_knob(capsys):
+    out = cli_output(capsys, ["fit", "--config", "configs/classification/quickstart.yaml", "--print_config"])
     for key in ("learning_rate:", "weight_decay:", "label_smoothing:", "group_by_length:", "max_length:",
-                "validation_fraction:", "gradient_clip_val:", "precision:", "monitor: val/acc"):
-        assert key in result.stdout
+                "validation_fraction:", "gradient_clip_val:", "precision:", "monitor: val/acc", "distillation:",
+                "labels:"):
+        assert key in out
 
 
 def test_unknown_config_key_is_named(tmp_path):
@@ -84,7 +95,7 @@ def test_fit_predict_export_pipeline_end_to_end(tmp_path, tiny_data):
     assert [r["id"] for r in rows] == [f"test-{i}" for i in range(16)]
     assert {r["label"] for r in rows} == {"bad", "good"}
 
-    run_cli("export", "--ckpt_path", str(best), "--output_dir", str(tmp_path / "exported"))
+    commands.main(["export", "--ckpt_path", str(best), "--output_dir", str(tmp_path / "exported")])  # in-process
     classifier = pipeline("text-classification", model=str(tmp_path / "exported"))
     texts = [line for line in (tiny_data["test"]).read_text().splitlines()[1:]]
     expected = [r["label"] for r in rows]

@@ -103,7 +103,7 @@ def test_failed_trial_is_recorded_and_the_sweep_goes_on(tmp_path, base_config):
 
 
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, base_config):
-    spec = sweep_file(tmp_path, base_config, "grid", {"model.learning_rate": {"values": [3e-3, 1e-3, 3e-4]}})
+    spec = sweep_file(tmp_path, base_config, "grid", {"model.learning_rate": {"values": [3e-3, 1e-3]}})
     sweep_dir = tmp_path / "sweep"
     args = ["sweep", spec, "--sweep_dir", str(sweep_dir), "--poll_s", "0.2", "--", "--trainer.max_epochs=10"]
     # Started from a process that runs a W&B service (as a notebook would): trials must not share it, or the
@@ -129,14 +129,14 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, b
     result = run_cli(*args, env={"WANDB_SERVICE": os.environ["WANDB_SERVICE"]})
     assert "Resuming sweep" in result.stdout
     trials = state(sweep_dir)["trials"]
-    assert [t["state"] for t in trials] == ["finished", "finished", "finished"] and trials[1]["attempts"] == 2
+    assert [t["state"] for t in trials] == ["finished", "finished"] and trials[1]["attempts"] == 2
     assert (sweep_dir / "trial-000" / "metrics.csv").read_text() == first_metrics  # not rerun
     # Continued from its last checkpoint: one value per epoch (metrics.csv may hold a value logged after that
     # checkpoint, which the resumed run logs again, and compare keeps the later one).
     resumed = compare.Run.read(second).curve("val/acc")
     assert [epoch for epoch, _, _ in resumed] == list(range(10))
     assert [value for _, _, value in resumed[:len(done_before) - 1]] == done_before[:-1]
-    assert "trial-000:" not in result.stdout  # a trial's progress lines: only trial-001 and trial-002 ran
+    assert "trial-000:" not in result.stdout  # a trial's progress lines: only trial-001 ran
 
 
 @pytest.mark.parametrize("change, message", [

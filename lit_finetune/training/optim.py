@@ -8,6 +8,7 @@ from typing import Literal
 import torch
 from torch.optim.lr_scheduler import CyclicLR, LambdaLR, OneCycleLR
 from transformers import get_scheduler
+from transformers.trainer_pt_utils import get_parameter_names
 
 from lit_finetune.errors import ConfigError
 from lit_finetune.training.layers import layer_groups
@@ -15,16 +16,30 @@ from lit_finetune.training.layers import layer_groups
 Schedule = Literal["linear", "cosine", "cosine_with_restarts", "constant_with_warmup", "one_cycle", "cyclic"]
 
 
-def decay_split(params, weight_decay: float, lr: float | None = None, prefix: str = "") -> list[dict]:
-    """Trainable `params` as AdamW groups: weight matrices decayed, biases and LayerNorm weights (1-d) not.
+# The Hugging Face Trainer's rule (Trainer.get_decay_parameter_names): no decay for biases and normalization weights,
+# found by name and by LayerNorm module, so it holds for any architecture and under FSDP, whose flattened parameters
+# have lost the shapes a rule by number of dimensions would read.
+NO_DECAY_PATTERNS = [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]
+
+
+def decayed_parameters(module: torch.nn.Module) -> set[int]:
+    """The ids of `module`'s parameters that weight decay applies to."""
+    names = set(get_parameter_names(module, [torch.nn.LayerNorm], NO_DECAY_PATTERNS))
+    return {id(p) for name, p in module.named_parameters() if name in names}
+
+
+def decay_split(params, decayed: set[int], weight_decay: float, lr: float | None = None,
+                prefix: str = "") -> list[dict]:
+    """Trainable `params` as AdamW groups: those in `decayed` with weight decay, the others (biases, normalization
+    weights) without.
 
     Group names show up in LearningRateMonitor's keys (lr-AdamW/decay, lr-AdamW/layer.3/no_decay); empty groups are
     left out.
     """
     trainable = [p for p in params if p.requires_grad]
     groups = []
-    for kind, selected, decay in (("decay", [p for p in trainable if p.ndim >= 2], weight_decay),
-                                  ("no_decay", [p for p in trainable if p.ndim < 2], 0.0)):
+    for kind, selected, decay in (("decay", [p for p in trainable if id(p) in decayed], weight_decay),
+                                  ("no_decay", [p for p in trainable if id(p) not in decayed], 0.0)):
         if selected:
             groups.append({"params": selected, "weight_decay": decay, "name": prefix + kind,
                            **({"lr": lr} if lr is not None else {})})
@@ -46,14 +61,16 @@ def param_groups(module: torch.nn.Module, weight_decay: float, learning_rate: fl
     of `module` outside `model` count as head.
     Raises: ConfigError when nothing is trainable.
     """
+    decayed = decayed_parameters(module)
     if layer_lr_decay == 1.0:
-        groups = decay_split(module.parameters(), weight_decay)
+        groups = decay_split(module.parameters(), decayed, weight_decay)
     else:
         layers = layer_groups(model)
         in_layers = {id(p) for layer in layers for p in layer.params}
         layers[-1].params += [p for p in module.parameters() if id(p) not in in_layers]
         groups = [group for layer in layers for group in decay_split(
-            layer.params, weight_decay, layer_lr(learning_rate, layer_lr_decay, layer.depth), f"{layer.name}/")]
+            layer.params, decayed, weight_decay, layer_lr(learning_rate, layer_lr_decay, layer.depth),
+            f"{layer.name}/")]
     if not groups:
         raise ConfigError("model: no parameter is trainable (every layer is frozen); unfreeze at least the head")
     return groups

@@ -7,7 +7,9 @@ from helpers import REPO, entity_sentences, tiny_args, tiny_splits, write_conll
 from lit_finetune.commands.fit import LitFinetuneCLI
 from lit_finetune.training.layers import parameter_counts
 
-STRATEGIES = sorted((REPO / "configs" / "strategies").glob("*.yaml"))
+pytestmark = pytest.mark.xdist_group("strategy_configs")  # its module-scoped fixture is built once, on one worker
+# Fine-tuning strategies; the distributed ones (ddp, fsdp2: trainer.strategy) are tested in tests/training/test_sharding.py
+STRATEGIES = sorted(p for p in (REPO / "configs" / "strategies").glob("*.yaml") if "strategy:" not in p.read_text())
 
 
 def sst2_args(folder, run_dir, *extra):

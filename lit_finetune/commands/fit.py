@@ -170,11 +170,13 @@ def check_trainer_numbers(trainer: Namespace) -> None:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= lowest:
             raise ConfigError(f"trainer.{key}: expected a fraction of an epoch (0, 1] or a number of batches, got "
                               f"{value}")
-    strategy = str(trainer.get("strategy") or "")
+    strategy = trainer.get("strategy") or ""
+    name = str(strategy.get("class_path", "") if isinstance(strategy, Namespace) else strategy)
     accelerator = str(trainer.get("accelerator") or "auto")
-    if "fsdp" in strategy.lower() and (accelerator == "cpu" or accelerator == "auto" and not cuda_available()):
-        raise ConfigError(f"trainer.strategy: {strategy} needs GPUs; on CPU use trainer.strategy=ddp (or "
-                          "lightning.pytorch.strategies.ModelParallelStrategy for FSDP2 sharding)")
+    fsdp_v1 = name.lower().startswith("fsdp") or name.endswith(".FSDPStrategy")  # Lightning's FSDP refuses CPUs
+    if fsdp_v1 and (accelerator == "cpu" or accelerator == "auto" and not cuda_available()):
+        raise ConfigError(f"trainer.strategy: {name} needs GPUs; on CPU use trainer.strategy=ddp, or FSDP2 sharding "
+                          "with --config configs/strategies/fsdp2.yaml")
 
 
 def cuda_available() -> bool:

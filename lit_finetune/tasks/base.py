@@ -34,6 +34,7 @@ from lit_finetune.training.layers import parameter_counts
 from lit_finetune.training.lora import KEY as LORA_KEY
 from lit_finetune.training.lora import LoraSettings, apply_lora, is_lora, merged_copy, save_adapter
 from lit_finetune.training.optim import Schedule, build_scheduler, param_groups
+from lit_finetune.training.sharding import is_sharding, local, shard_task_module
 
 TASK_KEY = "lit_finetune_task"  # checkpoint entry naming the task class, so `export` needs no config
 BEST_KEY = "lit_finetune_best"  # checkpoint entry: the best validation value so far, which a resume continues
@@ -160,7 +161,7 @@ class TaskModule(pl.LightningModule):
 
     def configure_model(self) -> None:
         """Build the model, once, in this order: the settings the data decides, the tokenizer, the task's model,
-        LoRA, training mode, and the parts only fitting needs (a distillation teacher)."""
+        LoRA, training mode, the parts only fitting needs (a distillation teacher), and sharding under FSDP2."""
         if self.model is not None:  # Lightning calls this for every fit/validate/test/predict
             return
         h = self.hparams
@@ -173,6 +174,8 @@ class TaskModule(pl.LightningModule):
         self.model.train()
         if self.distiller is not None and self.fitting:
             self.distiller.attach(self)
+        if is_sharding(self._trainer):  # FSDP2: shards before the optimizer sees the parameters
+            shard_task_module(self, self.model, self.device_mesh)
 
     def adopt_from_data(self) -> None:
         """Write each `from_data` setting into the hyperparameters from the data module, unless the config or a
@@ -224,7 +227,8 @@ class TaskModule(pl.LightningModule):
         """Skip the update of a batch whose loss or gradients are NaN or inf (fp16's loss scaler does its own)."""
         if str(self.trainer.precision).startswith("16"):
             return
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        # Under FSDP2 each process checks its own shards of the gradients; the decision is shared below.
+        grads = [local(p.grad) for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
         bad = not bool(torch.isfinite(norm))
         if self.trainer.world_size > 1:

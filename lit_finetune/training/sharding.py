@@ -1,0 +1,73 @@
+"""FSDP2 through Lightning's ModelParallelStrategy: every process a data-parallel shard, each Transformer block and
+then the whole task module wrapped with PyTorch's ``fully_shard``.
+
+The strategy config is ``configs/strategies/fsdp2.yaml``; task modules shard themselves in ``configure_model`` (see
+TaskModule), before the optimizer is built. It runs on GPUs (NCCL) and on CPU (gloo), which is how it is tested.
+"""
+
+from __future__ import annotations
+
+import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
+from torch import nn
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
+
+from lit_finetune.errors import ConfigError
+from lit_finetune.training.layers import backbone, block_lists
+
+
+class FSDP2Strategy(ModelParallelStrategy):
+    """FSDP2 data parallelism: parameters, gradients and optimizer state sharded across all processes.
+
+    Lightning's ModelParallelStrategy with no tensor parallelism: its data-parallel size is every process of every
+    node (Lightning's own default counts nodes only, for 2-D meshes).
+
+    Args:
+        save_distributed_checkpoint: Each process saves its shards into a checkpoint folder (fast, for large
+            models); by default rank 0 gathers one full checkpoint file, which resumes on any number of processes
+            and exports like a single-device run's.
+        **kwargs: ModelParallelStrategy's other settings (process_group_backend, timeout).
+    """
+
+    def __init__(self, save_distributed_checkpoint: bool = False, **kwargs):
+        super().__init__(data_parallel_size="auto", tensor_parallel_size=1,
+                         save_distributed_checkpoint=save_distributed_checkpoint, **kwargs)
+
+    def setup_environment(self) -> None:
+        self._data_parallel_size = self.num_nodes * self.num_processes
+        super().setup_environment()
+
+
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's shard of a sharded tensor (a DTensor), or the tensor itself."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def is_sharding(trainer) -> bool:
+    """Whether `trainer` (possibly None) runs FSDP2, so that task modules shard themselves."""
+    return trainer is not None and isinstance(trainer.strategy, ModelParallelStrategy)
+
+
+def shard_task_module(module: nn.Module, model: nn.Module, mesh) -> None:
+    """Shard `model`'s Transformer blocks one by one (each gathers its weights only while it runs), then the model
+    (embeddings and head), then each part of the task `module` outside the model that holds weights (a
+    distillation projection), so that every gradient is reduced across the processes.
+
+    Raises: ConfigError for a task module whose parts share weights with the model (ELECTRA's generator shares its
+    embeddings), which FSDP2 cannot shard as two units.
+    """
+    in_model = {id(p) for p in model.parameters()}
+    model_parts = {id(m) for m in model.modules()}
+    outside = [m for m in module.modules() if m is not module and id(m) not in model_parts
+               and any(True for _ in m.parameters(recurse=False))]
+    for part in outside:
+        if any(id(p) in in_model for p in part.parameters()):
+            raise ConfigError(f"trainer.strategy: FSDP2 cannot shard {type(module).__name__}, whose "
+                              f"{type(part).__name__} shares weights with the model; use trainer.strategy=ddp")
+    data_parallel = mesh["data_parallel"] if mesh.ndim > 1 else mesh
+    for block in (block for blocks in block_lists(backbone(model)) for block in blocks):
+        fully_shard(block, mesh=data_parallel)
+    fully_shard(model, mesh=data_parallel)
+    for part in outside:
+        fully_shard(part, mesh=data_parallel)

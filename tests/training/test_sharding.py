@@ -1,0 +1,53 @@
+"""FSDP2 (configs/strategies/fsdp2.yaml) on two CPU processes (gloo), through the real CLI, against DDP
+(configs/strategies/ddp.yaml) on the same seed: the model is sharded, trains to what DDP trains, and its export
+holds the weights that were in memory at the end."""
+
+import json
+
+import pytest
+import torch
+from helpers import REPO, run_cli, tiny_args
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from lit_finetune import commands
+
+STRATEGIES = REPO / "configs" / "strategies"
+PROBE_ENV = {"PYTHONPATH": str(REPO / "tests"), "WANDB_MODE": "disabled"}  # tests/probes.py, importable there
+TEXTS = ["a good good film", "bad", "good but bad"]
+
+
+def fit_on_two_processes(strategy: str, data, run_dir, probe):
+    run_cli("fit", *tiny_args(data, run_dir, "--config", str(STRATEGIES / f"{strategy}.yaml"),
+                              "--trainer.devices=2", "--data.init_args.test_file=null",
+                              "--trainer.logger=lit_finetune.training.loggers.RunCSVLogger",
+                              "--trainer.enable_progress_bar=false", "--trainer.callbacks+=probes.LogitsAtEnd",
+                              f"--trainer.callbacks.texts={json.dumps(TEXTS)}",
+                              f"--trainer.callbacks.output_dir={probe}"), env=PROBE_ENV)
+    return [json.loads((probe / f"rank-{rank}.json").read_text()) for rank in (0, 1)]
+
+
+def exported_logits(folder) -> torch.Tensor:
+    model, tokenizer = AutoModelForSequenceClassification.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    with torch.no_grad():
+        return model(**tokenizer(TEXTS, padding=True, return_tensors="pt")).logits
+
+
+@pytest.mark.xdist_group("two_processes")
+def test_fsdp2_shards_trains_like_ddp_and_exports_the_weights_in_memory(tmp_path, tiny_data):
+    fsdp2 = fit_on_two_processes("fsdp2", tiny_data, tmp_path / "fsdp2", tmp_path / "fsdp2-probe")
+    ddp = fit_on_two_processes("ddp", tiny_data, tmp_path / "ddp", tmp_path / "ddp-probe")
+
+    # Each FSDP2 process holds half of the model's values (DDP: all of them) and both ran every step.
+    assert [round(r["held"] / r["total"], 1) for r in fsdp2] == [0.5, 0.5]
+    assert [r["held"] == r["total"] for r in ddp] == [True, True]
+    assert fsdp2[0]["step"] == ddp[0]["step"] == 8  # 2 epochs of 64 rows, 8 per batch, on 2 processes
+    # The same seed trains to the same model: gradients are averaged over both processes' batches either way.
+    assert torch.allclose(torch.tensor(fsdp2[0]["logits"]), torch.tensor(ddp[0]["logits"]), atol=1e-4)
+    assert fsdp2[0]["logits"] == fsdp2[1]["logits"]
+
+    # last.ckpt holds the full weights: its export computes the logits of the model in memory at the end.
+    last = tmp_path / "fsdp2" / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+    commands.main(["export", "--ckpt_path", str(last), "--output_dir", str(tmp_path / "exported")])
+    assert torch.allclose(exported_logits(tmp_path / "exported"), torch.tensor(fsdp2[0]["logits"]), atol=1e-5)
+    assert (tmp_path / "fsdp2" / "export" / "config.json").is_file()  # the end-of-fit export of the best checkpoint

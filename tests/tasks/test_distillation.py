@@ -16,6 +16,7 @@ from lit_finetune.commands.fit import LitFinetuneCLI
 from lit_finetune.errors import ConfigError
 from lit_finetune.tasks import SequenceClassificationModule, TaskModule, TokenClassificationModule
 
+pytestmark = pytest.mark.xdist_group("distillation")  # its module-scoped fixture is built once, on one worker
 FRAGMENT = str(REPO / "configs" / "strategies" / "distillation.yaml")
 NER_CONFIG = str(REPO / "configs" / "ner" / "conll2003.yaml")
 QUIET = ("--trainer.logger=null", "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1")

@@ -16,6 +16,7 @@ from lit_finetune import backbones
 from lit_finetune.commands.deploy import deploy, load_quantized, quantize, read_eval_file
 from lit_finetune.errors import ConfigError, DataError
 
+pytestmark = pytest.mark.xdist_group("deploy")  # its module-scoped fixture is built once, on one worker
 LABELS = ("bad", "good")
 
 

@@ -12,7 +12,13 @@ from lightning.pytorch.utilities import rank_zero_info
 from lit_finetune.errors import ConfigError
 from lit_finetune.training.layers import LayerGroup, backbone, check_layer_count, layer_groups
 from lit_finetune.training.lora import is_lora
-from lit_finetune.training.optim import add_param_groups, decay_split, layer_lr, sync_schedulers
+from lit_finetune.training.optim import (
+    add_param_groups,
+    decay_split,
+    decayed_parameters,
+    layer_lr,
+    sync_schedulers,
+)
 
 Policy = Literal["full", "feature_extraction", "freeze_bottom", "train_top"]
 
@@ -132,7 +138,8 @@ class GradualUnfreezing(LayerFinetuning):
             set_trainable([group], True)
             lr = layer_lr(h.learning_rate, h.get("layer_lr_decay", 1.0), group.depth)
             add_param_groups(optimizer, [c.scheduler for c in trainer.lr_scheduler_configs],
-                             decay_split(group.params, h.weight_decay, lr, f"{group.name}/"))
+                             decay_split(group.params, decayed_parameters(pl_module.model), h.weight_decay, lr,
+                                         f"{group.name}/"))
             rank_zero_info(f"GradualUnfreezing: unfroze {group.name} at epoch {trainer.current_epoch}, step "
                            f"{trainer.global_step} (lr {lr:.2e})")
             pl_module.log_parameter_counts()

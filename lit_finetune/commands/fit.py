@@ -193,7 +193,8 @@ def checkpoint_to_resume(folder: RunFolder) -> Path | None:
     if not folder.holds_run():
         return None
     status = folder.read_record().get("status")
-    if status in (None, "interrupted", "preempted", "failed") and folder.last_checkpoint.is_file():
+    # last.ckpt: a file, or a folder of shards
+    if status in (None, "interrupted", "preempted", "failed") and folder.last_checkpoint.exists():
         return folder.last_checkpoint
     ended = f"a run that {status}" if status else "a run with no checkpoint to resume from"
     raise ConfigError(f"trainer.default_root_dir: {folder.root} already holds a run ({folder.config.name}), {ended}; "
@@ -260,7 +261,7 @@ class LitFinetuneCLI(LightningCLI):
                     trainer = config.trainer
             os.environ[RESUME_ENV] = str(config.get("ckpt_path") or "")
             if config.get("ckpt_path"):
-                checkpoint = read_checkpoint(config.ckpt_path, mmap=True)
+                checkpoint = read_checkpoint(config.ckpt_path, mmap=True, weights=False)
                 self.check_resume_settings(config, checkpoint)
         resuming = checkpoint is not None
         if trainer.enable_progress_bar is False and trainer.callbacks:
@@ -308,7 +309,8 @@ class LitFinetuneCLI(LightningCLI):
             config = self.config[self.config.subcommand]
             self.requested = flat_config(redact(config))
             if config.get("ckpt_path"):
-                read_checkpoint(config.ckpt_path, mmap=True)  # one line for a missing, corrupted or crafted file
+                # One line for a missing, corrupted or crafted file.
+                read_checkpoint(config.ckpt_path, mmap=True, weights=False)
         super()._parse_ckpt_path()
         if self.config.get("subcommand"):
             # What the data decides (the label set) is left to this run's data, so that the task module can tell a

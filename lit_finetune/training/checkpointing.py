@@ -11,6 +11,9 @@ from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
 from lit_finetune import io as lf_io
 from lit_finetune.errors import LitFinetuneError
@@ -25,13 +28,27 @@ class NonFiniteError(LitFinetuneError):
     """Training produced NaN or inf (loss, gradients or weights)."""
 
 
-def read_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> dict:
+SHARDED_META = "meta.pt"  # a sharded checkpoint folder's file of everything but the weights and optimizer (Lightning's)
+
+
+def is_sharded_checkpoint(path: str | Path) -> bool:
+    """Whether `path` is a checkpoint folder of shards (FSDP2 with save_distributed_checkpoint), not one file."""
+    return Path(path).is_dir() and (Path(path) / SHARDED_META).is_file()
+
+
+def read_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = False, weights: bool = True) -> dict:
     """A checkpoint's contents, read with ``weights_only=True``: tensors, containers and plain values only, so a
-    crafted file cannot run code.
+    crafted file cannot run code. A sharded checkpoint folder is read as one checkpoint: its ``state_dict``
+    consolidated from the shards (unless `weights` is off, for callers that read only its settings).
 
     Raises: CheckpointError naming the file when it is missing, unreadable or holds anything else.
     """
     path = Path(path)
+    if is_sharded_checkpoint(path):
+        checkpoint = read_checkpoint(path / SHARDED_META, map_location, mmap)
+        if weights:
+            checkpoint["state_dict"] = consolidated_weights(path)
+        return checkpoint
     if not path.is_file():
         raise CheckpointError(f"--ckpt_path: checkpoint {path} does not exist")
     try:
@@ -43,6 +60,20 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = Fa
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
         raise CheckpointError(f"--ckpt_path: {path} is not a readable checkpoint (truncated or corrupted?): "
                               f"{str(err).splitlines()[0][:200] if str(err) else type(err).__name__}") from None
+
+
+def consolidated_weights(folder: Path) -> dict:
+    """The full model state dict of a sharded checkpoint folder, read in this one process without a process group
+    (torch.distributed.checkpoint's offline reader, as Lightning's own consolidation uses); the optimizer's shards
+    are left unread."""
+    checkpoint: dict = {}
+    try:
+        _load_state_dict(checkpoint, storage_reader=FileSystemReader(folder),
+                         planner=_EmptyStateDictLoadPlanner(keys={"state_dict"}), no_dist=True)
+    except (RuntimeError, OSError, ValueError, KeyError) as err:
+        raise CheckpointError(f"--ckpt_path: {folder} is not a readable sharded checkpoint: "
+                              f"{str(err).splitlines()[0][:200] if str(err) else type(err).__name__}") from None
+    return checkpoint["state_dict"]
 
 
 def non_finite_tensors(tensors) -> list[str]:

@@ -7,6 +7,9 @@ TaskModule), before the optimizer is built. It runs on GPUs (NCCL) and on CPU (g
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
@@ -37,6 +40,28 @@ class FSDP2Strategy(ModelParallelStrategy):
     def setup_environment(self) -> None:
         self._data_parallel_size = self.num_nodes * self.num_processes
         super().setup_environment()
+
+    def save_checkpoint(self, checkpoint: dict, filepath, storage_options=None) -> None:
+        """A folder of shards is written beside its destination and moved into place once every process has
+        written its part, so a kill during the save leaves the previous checkpoint whole."""
+        if not self._save_distributed_checkpoint:
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        path = Path(self.broadcast(str(filepath)))
+        staging, previous = path.with_name(f".{path.name}.partial"), path.with_name(f".{path.name}.previous")
+        if self.is_global_zero:
+            for leftover in (staging, previous):
+                shutil.rmtree(leftover, ignore_errors=True)
+        self.barrier("sharded_checkpoint_staging")
+        super().save_checkpoint(checkpoint, staging, storage_options)
+        self.barrier("sharded_checkpoint_written")
+        if self.is_global_zero:
+            if path.is_file():
+                path.unlink()
+            elif path.exists():
+                path.rename(previous)
+            staging.rename(path)
+            shutil.rmtree(previous, ignore_errors=True)
+        self.barrier("sharded_checkpoint_in_place")
 
 
 def local(tensor: torch.Tensor) -> torch.Tensor:

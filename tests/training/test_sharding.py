@@ -16,8 +16,8 @@ PROBE_ENV = {"PYTHONPATH": str(REPO / "tests"), "WANDB_MODE": "disabled"}  # tes
 TEXTS = ["a good good film", "bad", "good but bad"]
 
 
-def fit_on_two_processes(strategy: str, data, run_dir, probe):
-    run_cli("fit", *tiny_args(data, run_dir, "--config", str(STRATEGIES / f"{strategy}.yaml"),
+def fit_on_two_processes(strategy: str, data, run_dir, probe, *extra: str):
+    run_cli("fit", *tiny_args(data, run_dir, "--config", str(STRATEGIES / f"{strategy}.yaml"), *extra,
                               "--trainer.devices=2", "--data.init_args.test_file=null",
                               "--trainer.logger=lit_finetune.training.loggers.RunCSVLogger",
                               "--trainer.enable_progress_bar=false", "--trainer.callbacks+=probes.LogitsAtEnd",
@@ -51,3 +51,19 @@ def test_fsdp2_shards_trains_like_ddp_and_exports_the_weights_in_memory(tmp_path
     commands.main(["export", "--ckpt_path", str(last), "--output_dir", str(tmp_path / "exported")])
     assert torch.allclose(exported_logits(tmp_path / "exported"), torch.tensor(fsdp2[0]["logits"]), atol=1e-5)
     assert (tmp_path / "fsdp2" / "export" / "config.json").is_file()  # the end-of-fit export of the best checkpoint
+
+
+@pytest.mark.xdist_group("two_processes")
+def test_fsdp2_sharded_checkpoint_folder_exports_the_weights_in_memory(tmp_path, tiny_data):
+    """With save_distributed_checkpoint each process writes its own shards into a last.ckpt folder; `export` (and
+    the end-of-fit export) consolidate them in one process into the Hugging Face folder a single-file run writes."""
+    fsdp2 = fit_on_two_processes("fsdp2", tiny_data, tmp_path / "run", tmp_path / "probe",
+                                 "--trainer.strategy.init_args.save_distributed_checkpoint=true")
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert last.is_dir() and (last / "meta.pt").is_file() and len(list(last.glob("*.distcp"))) == 2
+    assert not list(last.parent.glob(".*"))  # no staging folder left behind
+    commands.main(["export", "--ckpt_path", str(last), "--output_dir", str(tmp_path / "exported")])
+    assert torch.allclose(exported_logits(tmp_path / "exported"), torch.tensor(fsdp2[0]["logits"]), atol=1e-5)
+    [best] = (tmp_path / "run" / "checkpoints").glob("best-*")
+    assert best.is_dir() and (tmp_path / "run" / "export" / "config.json").is_file()
+    exported_logits(tmp_path / "run" / "export")  # the end-of-fit export, from the best folder, loads

@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import random
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -89,6 +90,13 @@ def tiny_args(data: dict[str, Path], run_dir: Path, *extra: str, config: Path = 
     for split in ("train", "validation", "test", "predict"):
         args.append(f"--data.init_args.{split}_file={data.get(split) or 'null'}")
     return args + list(extra)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now, for a test's process group to rendezvous on loopback."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def shell_env(extra: dict | None = None) -> dict:

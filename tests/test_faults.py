@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, metrics_rows, one_line_error, run_cli, shell_env, tiny_args
+from helpers import REPO, free_port, metrics_rows, one_line_error, run_cli, shell_env, tiny_args
 from safetensors.torch import load_file
 
 from lit_finetune import commands
@@ -82,11 +82,13 @@ def uninterrupted(tmp_path_factory):
 
 def test_interrupted_preempted_and_killed_run_resumes_exactly_with_the_same_command(tmp_path, uninterrupted):
     """Ctrl-C at step 2, SIGUSR1 at step 9, kill -9 at step 13, each followed by the same command: the run ends
-    with the weights and metrics of the uninterrupted one, each step once in metrics.csv."""
+    with the weights and metrics of the uninterrupted one, each step once in metrics.csv. The command says
+    ``--ckpt_path last``, as a requeued cluster job's would: the first time there is none, and it starts afresh."""
     data, reference = uninterrupted
     run_dir = tmp_path / "run"
     last = run_dir / "checkpoints" / "last.ckpt"
-    args = fault_args(data, run_dir, fault_config(tmp_path, {2: "SIGINT", 9: "SIGUSR1", 13: "SIGKILL"}))
+    args = [*fault_args(data, run_dir, fault_config(tmp_path, {2: "SIGINT", 9: "SIGUSR1", 13: "SIGKILL"})),
+            "--ckpt_path=last"]
     for code, status, saved_at in ((130, "interrupted", 3), (138, "preempted", 10), (-signal.SIGKILL, None, 12)):
         result = run_cli(*args, env=FAULTS_ENV, check=False)
         assert result.returncode == code, result.stderr[-2000:]
@@ -145,6 +147,45 @@ def test_ddp_run_signalled_on_one_rank_saves_on_both_and_resumes_exactly(tmp_pat
     assert len([r for r in rows if r.get("train/loss_epoch")]) == 2 and rows == reference_rows
     ours, theirs = final_weights(run_dir), final_weights(reference)
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def two_node_job(data, run_dir: Path, folder: Path, cache_dirs: tuple[Path, Path], *extra: str) -> list[str]:
+    """One command launched twice, as on two nodes (NODE_RANK 0 and 1, one process each, rendezvous on loopback
+    with gloo), each node with its own cache folder or both with one; the output of both launches."""
+    ddp = ("--trainer.strategy=ddp", "--trainer.num_nodes=2", "--trainer.devices=1", "--data.init_args.eval_batch_size=4")
+    port, launches = free_port(), []
+    for node, cache in enumerate(cache_dirs):
+        env = shell_env({**FAULTS_ENV, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "NODE_RANK": str(node)})
+        args = fault_args(data, run_dir, fault_config(folder / f"node{node}", early_stopping=False), *ddp,
+                          f"--data.init_args.cache_dir={cache}",
+                          *extra)
+        launches.append(subprocess.Popen([sys.executable, "-m", "lit_finetune", *args], cwd=REPO, env=env, text=True,
+                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    outputs = [launch.communicate(timeout=300)[0] for launch in launches]
+    assert [launch.returncode for launch in launches] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    return outputs
+
+
+def test_two_node_job_tokenizes_once_per_cache_and_writes_the_run_once(tmp_path, uninterrupted):
+    """Both nodes write into one run folder (a shared file system): only the job's first process locks it, logs
+    and exports. With one cache folder (cache_shared, the default) only that process tokenizes; with node-local
+    caches (cache_shared: false) each node's first process tokenizes its own."""
+    data, _ = uninterrupted
+    shared = tmp_path / "shared-cache"
+    outputs = two_node_job(data, tmp_path / "run", tmp_path, (shared, shared))
+    assert sum(out.count("examples; cached in") for out in outputs) == 1
+    [cached] = shared.glob("classification/*/meta.json")
+    assert json.loads(cached.read_text())["tokenized_by_rank"] == 0
+    assert record(tmp_path / "run")["status"] == "finished" and record(tmp_path / "run")["global_step"] == 8
+    assert (tmp_path / "run" / "export" / "config.json").is_file() and "Exported model" in outputs[0]
+    assert "Exported model" not in outputs[1]
+
+    local = (tmp_path / "node0-cache", tmp_path / "node1-cache")
+    outputs = two_node_job(data, tmp_path / "run-local", tmp_path, local, "--data.init_args.cache_shared=false")
+    assert [out.count("examples; cached in") for out in outputs] == [1, 1]
+    nodes = [json.loads(next(cache.glob("classification/*/meta.json")).read_text())["tokenized_on_node"]
+             for cache in local]
+    assert nodes == [0, 1] and record(tmp_path / "run-local")["status"] == "finished"
 
 
 def test_non_finite_loss_stops_at_its_step_and_a_short_run_still_validates_checkpoints_and_exports(

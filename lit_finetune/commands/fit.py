@@ -201,6 +201,24 @@ def checkpoint_to_resume(folder: RunFolder) -> Path | None:
                       "choose another folder, or pass --ckpt_path to continue from one of its checkpoints")
 
 
+def resumable_checkpoint(folder: RunFolder) -> Path | None:
+    """last.ckpt of an unfinished run in `folder`, else None (a fresh start), without refusing anything: what a
+    process started beside the job's first takes, while the first may already be writing the folder."""
+    status = folder.read_record().get("status") if folder.holds_run() else None
+    unfinished = status in (None, "interrupted", "preempted", "failed")
+    return folder.last_checkpoint if unfinished and folder.last_checkpoint.exists() else None
+
+
+# Rank variables of the launchers that start a job's processes themselves: torchrun, SLURM's srun, and Lightning's
+# own multi-node convention (NODE_RANK on each node's launch).
+RANK_VARIABLES = ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK")
+
+
+def first_process_of_job() -> bool:
+    """Whether this process is the first of its job (rank 0 of node 0), by the launchers' variables."""
+    return all(int(os.environ.get(name) or 0) == 0 for name in RANK_VARIABLES)
+
+
 class LitFinetuneCLI(LightningCLI):
     """LightningCLI over every task and data module, with one resumable folder per run.
 
@@ -245,7 +263,10 @@ class LitFinetuneCLI(LightningCLI):
         folder = RunFolder(str(trainer.default_root_dir))
         run_dir = folder.root
         launched = os.environ.get(LOCKED_ENV) == str(run_dir.resolve())  # a rank of a run started here
-        if self.subcommand is not None and not launched:
+        # A process that torchrun or srun started beside the job's first (on this node or another): the first one
+        # holds the folder and chooses; this one starts or resumes as the folder says, and never refuses it.
+        beside = not launched and not first_process_of_job()
+        if self.subcommand is not None and not launched and not beside:
             self.lock = RunLock(folder)
             self.lock.acquire()  # before anything below writes into the folder
         checkpoint = None
@@ -253,7 +274,8 @@ class LitFinetuneCLI(LightningCLI):
             if not config.get("ckpt_path"):
                 # Checked before any logger or callback touches the folder, so the earlier run stays intact. The
                 # ranks DDP launches take the launching process's choice: by then the folder has changed.
-                last = os.environ.get(RESUME_ENV) if launched else checkpoint_to_resume(folder)
+                last = os.environ.get(RESUME_ENV) if launched else \
+                    resumable_checkpoint(folder) if beside else checkpoint_to_resume(folder)
                 if last:
                     if not launched:
                         print(f"Resuming the unfinished run in {run_dir} from {last}", file=sys.stderr, flush=True)
@@ -307,6 +329,10 @@ class LitFinetuneCLI(LightningCLI):
         # for, to compare with the checkpoint.
         if self.config.get("subcommand"):
             config = self.config[self.config.subcommand]
+            if self.config.subcommand == "fit" and config.get("ckpt_path") == "last":
+                # Lightning's name for the newest checkpoint: a fit resumes its folder's unfinished run anyway (and
+                # starts afresh when there is none), so a requeued job's command can always say it.
+                config.ckpt_path = None
             self.requested = flat_config(redact(config))
             if config.get("ckpt_path"):
                 # One line for a missing, corrupted or crafted file.

@@ -107,7 +107,7 @@ class ResumableLoader(DataLoader):
 
 # Settings that change how tokenized data is batched, loaded or found, not what it holds (the tokenizer is keyed by
 # its fingerprint, not its name).
-NOT_IN_CACHE_KEY = ("batch_size", "eval_batch_size", "num_workers", "cache_dir", "model_name_or_path",
+NOT_IN_CACHE_KEY = ("batch_size", "eval_batch_size", "num_workers", "cache_dir", "cache_shared", "model_name_or_path",
                     "tokenizer_name_or_path", "trust_remote_code")
 
 
@@ -126,6 +126,7 @@ class TokenizedDataModule(pl.LightningDataModule):
         eval_batch_size: PositiveInt | None = None,
         num_workers: NonNegativeInt = 0,
         cache_dir: str | None = None,
+        cache_shared: bool = True,
         trust_remote_code: bool = False,
         tokenizer_name_or_path: str | None = None,
     ):
@@ -136,12 +137,16 @@ class TokenizedDataModule(pl.LightningDataModule):
             eval_batch_size: Examples per batch for validation/test/predict; defaults to 2 x batch_size.
             num_workers: DataLoader worker processes.
             cache_dir: Where tokenized data is cached; default ``$LIT_FINETUNE_CACHE`` or ~/.cache/lit_finetune.
+            cache_shared: Whether every node of a multi-node job sees the same cache_dir (a network file system):
+                then only the job's first process tokenizes. False for node-local disks: the first process of each
+                node tokenizes into its own. One node: the same either way.
             trust_remote_code: Allow the tokenizer's own code from the hub to run.
             tokenizer_name_or_path: Tokenizer when it is not the backbone's own (linked from the model's setting).
         """
         super().__init__()
         self.save_hyperparameters(logger=False)  # every subclass's arguments; W&B gets them from RunConfig
         plain_hparams(self)
+        self.prepare_data_per_node = not cache_shared  # Lightning's switch: local rank 0 of each node, or rank 0
         self.eval_batch_size = eval_batch_size or 2 * batch_size
         self.cache_root = Path(cache_dir).expanduser() if cache_dir else cache.default_cache_dir()
         self.tokenizer = backbones.load_tokenizer(model_name_or_path, trust_remote_code, tokenizer_name_or_path)
@@ -157,10 +162,19 @@ class TokenizedDataModule(pl.LightningDataModule):
         target = self.cache_path()
         if cache.is_cached(target):
             return
-        splits, meta = self.build_splits(target.name)
+        # The maps' intermediate results stay out of the Hugging Face cache: the result is cached below, and the
+        # first processes of two nodes tokenizing at once (node-local caches, a shared home) must not share files.
+        caching = datasets.is_caching_enabled()
+        datasets.disable_caching()
+        try:
+            splits, meta = self.build_splits(target.name)
+        finally:
+            if caching:
+                datasets.enable_caching()
         splits = datasets.DatasetDict(splits)
         meta = {**meta, "sizes": {split: len(ds) for split, ds in splits.items()},
-                "tokenized_by_rank": int(os.environ.get("LOCAL_RANK", 0)), "pid": os.getpid()}
+                "tokenized_by_rank": self.trainer.global_rank if self.trainer else 0,
+                "tokenized_on_node": self.trainer.node_rank if self.trainer else 0, "pid": os.getpid()}
         cache.save(splits, meta, target)
         print(f"{self.summary(meta)}; cached in {target}", flush=True)
 

@@ -1,17 +1,10 @@
 """gather_objects, the one helper that exchanges Python objects across processes: two real gloo processes."""
 
-import socket
-
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import free_port
 
 from lit_finetune.training.distributed import gather_objects
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def gather_in_process(rank: int, world_size: int, port: int, results) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, free_port, metrics_rows, one_line_error, run_cli, shell_env, tiny_args
+from helpers import REPO, free_port, metrics_rows, one_line_error, run_cli, shell_env, tiny_args, tiny_splits
 from safetensors.torch import load_file
 
 from lit_finetune import commands
@@ -71,8 +71,6 @@ def record(run_dir: Path) -> dict:
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     """A finished run of the fault recipe, and its data: the reference, and a folder for tests that read a run."""
-    from helpers import tiny_splits
-
     folder = tmp_path_factory.mktemp("uninterrupted")
     data = tiny_splits(folder / "data")
     run_dir = folder / "run"
@@ -110,12 +108,13 @@ def test_interrupted_preempted_and_killed_run_resumes_exactly_with_the_same_comm
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
-def test_ddp_run_signalled_on_one_rank_saves_on_both_and_resumes_exactly(tmp_path, uninterrupted):
+@pytest.mark.xdist_group("two_processes")  # beside the other multi-process tests, not the single-process faults
+def test_ddp_run_signalled_on_one_rank_saves_on_both_and_resumes_exactly(tmp_path):
     """Under DDP (2 processes, gloo) a SIGTERM that reaches rank 1 only: both ranks save at the same step and stop,
     the launcher exits 143, and the same command resumes to the weights and metrics of an uninterrupted DDP run
     (each rank takes back its own share of the epoch's training aggregates). The uninterrupted run also shows that
     DDP tokenizes once (rank 0) and syncs validation metrics across the ranks."""
-    data, _ = uninterrupted
+    data = tiny_splits(tmp_path / "data")
     ddp = ("--trainer.strategy=ddp", "--trainer.devices=2", "--data.init_args.eval_batch_size=4")
     reference, cache = tmp_path / "reference", tmp_path / "cache"
     result = run_cli(*fault_args(data, reference, fault_config(tmp_path), *ddp, f"--data.init_args.cache_dir={cache}"),
@@ -166,11 +165,12 @@ def two_node_job(data, run_dir: Path, folder: Path, cache_dirs: tuple[Path, Path
     return outputs
 
 
-def test_two_node_job_tokenizes_once_per_cache_and_writes_the_run_once(tmp_path, uninterrupted):
+@pytest.mark.xdist_group("two_processes")
+def test_two_node_job_tokenizes_once_per_cache_and_writes_the_run_once(tmp_path):
     """Both nodes write into one run folder (a shared file system): only the job's first process locks it, logs
     and exports. With one cache folder (cache_shared, the default) only that process tokenizes; with node-local
     caches (cache_shared: false) each node's first process tokenizes its own."""
-    data, _ = uninterrupted
+    data = tiny_splits(tmp_path / "data")
     shared = tmp_path / "shared-cache"
     outputs = two_node_job(data, tmp_path / "run", tmp_path, (shared, shared))
     assert sum(out.count("examples; cached in") for out in outputs) == 1

@@ -192,10 +192,10 @@ def checkpoint_to_resume(folder: RunFolder) -> Path | None:
     """
     if not folder.holds_run():
         return None
+    last = resumable_checkpoint(folder)
+    if last:
+        return last
     status = folder.read_record().get("status")
-    # last.ckpt: a file, or a folder of shards
-    if status in (None, "interrupted", "preempted", "failed") and folder.last_checkpoint.exists():
-        return folder.last_checkpoint
     ended = f"a run that {status}" if status else "a run with no checkpoint to resume from"
     raise ConfigError(f"trainer.default_root_dir: {folder.root} already holds a run ({folder.config.name}), {ended}; "
                       "choose another folder, or pass --ckpt_path to continue from one of its checkpoints")
@@ -206,6 +206,7 @@ def resumable_checkpoint(folder: RunFolder) -> Path | None:
     process started beside the job's first takes, while the first may already be writing the folder."""
     status = folder.read_record().get("status") if folder.holds_run() else None
     unfinished = status in (None, "interrupted", "preempted", "failed")
+    # last.ckpt: a file, or a folder of shards
     return folder.last_checkpoint if unfinished and folder.last_checkpoint.exists() else None
 
 

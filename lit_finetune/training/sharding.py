@@ -1,5 +1,5 @@
-"""FSDP2 through Lightning's ModelParallelStrategy: every process a data-parallel shard, each Transformer block and
-then the whole task module wrapped with PyTorch's ``fully_shard``.
+"""FSDP2 through Lightning's ModelParallelStrategy: every process a data-parallel shard; each Transformer block, then
+the model, then any weighted part of the task module outside it wrapped with PyTorch's ``fully_shard``.
 
 The strategy config is ``configs/strategies/fsdp2.yaml``; task modules shard themselves in ``configure_model`` (see
 TaskModule), before the optimizer is built. It runs on GPUs (NCCL) and on CPU (gloo), which is how it is tested.

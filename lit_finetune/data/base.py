@@ -125,6 +125,7 @@ class TokenizedDataModule(pl.LightningDataModule):
         batch_size: PositiveInt = 32,
         eval_batch_size: PositiveInt | None = None,
         num_workers: NonNegativeInt = 0,
+        num_proc: PositiveInt | None = None,
         cache_dir: str | None = None,
         cache_shared: bool = True,
         trust_remote_code: bool = False,
@@ -136,6 +137,8 @@ class TokenizedDataModule(pl.LightningDataModule):
             batch_size: Training examples per batch (per device).
             eval_batch_size: Examples per batch for validation/test/predict; defaults to 2 x batch_size.
             num_workers: DataLoader worker processes.
+            num_proc: Processes that tokenize the data before training (`datasets`' ``map``); one when unset. In
+                the cache key, since a corpus's blocks are packed per batch of documents within each process's part.
             cache_dir: Where tokenized data is cached; default ``$LIT_FINETUNE_CACHE`` or ~/.cache/lit_finetune.
             cache_shared: Whether every node of a multi-node job sees the same cache_dir (a network file system):
                 then only the job's first process tokenizes. False for node-local disks: the first process of each
@@ -188,8 +191,13 @@ class TokenizedDataModule(pl.LightningDataModule):
         return f"Tokenized {meta['sizes']} examples"
 
     def source_files(self) -> dict[str, str]:
-        """The local files the data comes from (split -> path), whose contents key the cache."""
-        return getattr(self, "files", {})
+        """The local files the data comes from (split, or split and number -> path), whose contents key the cache;
+        a pattern's matches are listed, so a file added to it is tokenized too."""
+        found = {}
+        for split, files in getattr(self, "files", {}).items():
+            paths = readers.expand_files(files, f"data.{split}_file")
+            found.update({split if len(paths) == 1 else f"{split}.{i}": str(p) for i, p in enumerate(paths)})
+        return found
 
     def cache_key(self) -> dict:
         """Everything the tokenized data depends on: every setting but batch sizes, workers and cache location, the
@@ -279,10 +287,10 @@ class SplitsDataModule(TokenizedDataModule):
         model_name_or_path: str = "minilm",
         dataset_name: str | None = None,
         dataset_config: str | None = None,
-        train_file: str | None = None,
-        validation_file: str | None = None,
-        test_file: str | None = None,
-        predict_file: str | None = None,
+        train_file: str | list[str] | None = None,
+        validation_file: str | list[str] | None = None,
+        test_file: str | list[str] | None = None,
+        predict_file: str | list[str] | None = None,
         max_train_examples: PositiveInt | None = None,
         **kwargs,
     ):
@@ -290,7 +298,8 @@ class SplitsDataModule(TokenizedDataModule):
         Args:
             dataset_name: Hub dataset id; leave unset to read local files.
             dataset_config: Hub dataset configuration name, if the dataset has several.
-            train_file: Local training file.
+            train_file: Local training file; like every split's file, a glob pattern (``data/train-*.jsonl``) or a
+                list of files or patterns is read as one split.
             validation_file: Local validation file.
             test_file: Local test file (its labels give test metrics; also the default data for ``predict``).
             predict_file: Local file to predict on (labels not needed); defaults to the test data.
@@ -316,9 +325,9 @@ class SplitsDataModule(TokenizedDataModule):
             hub = readers.read_hub(h.dataset_name, h.dataset_config)
             raw = {split: hub[split] for split in ("train", "validation", "test") if split in hub}
             sources = {split: f"{h.dataset_name} [{split}]" for split in raw}
-        for split, path in self.files.items():
-            raw[split] = self.read_local(split, path)
-            sources[split] = str(path)
+        for split, files in self.files.items():
+            raw[split], sources[split] = readers.read_split(files, f"data.{split}_file",
+                                                            lambda path, split=split: self.read_local(split, str(path)))
         if "train" in raw and h.max_train_examples:
             raw["train"] = raw["train"].select(range(min(h.max_train_examples, len(raw["train"]))))
         for split, ds in raw.items():

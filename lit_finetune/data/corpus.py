@@ -24,7 +24,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader
 
 from lit_finetune.bounds import OpenFraction, PositiveInt
-from lit_finetune.data import readers
+from lit_finetune.data import readers, streaming
 from lit_finetune.data.base import TokenizedDataModule
 from lit_finetune.data.readers import TxtDocuments
 from lit_finetune.errors import ConfigError, DataError
@@ -76,14 +76,15 @@ class CorpusDataModule(TokenizedDataModule):
         model_name_or_path: str = "minilm",
         dataset_name: str | None = None,
         dataset_config: str | None = None,
-        train_file: str | None = None,
-        validation_file: str | None = None,
+        train_file: str | list[str] | None = None,
+        validation_file: str | list[str] | None = None,
         text_column: str = "text",
         txt_documents: TxtDocuments = "line",
         examples: Examples = "blocks",
         max_length: PositiveInt = 128,
         validation_fraction: OpenFraction = 0.05,
         max_train_examples: PositiveInt | None = None,
+        streaming: bool = False,
         seed: int = 42,
         **kwargs,
     ):
@@ -92,7 +93,8 @@ class CorpusDataModule(TokenizedDataModule):
             model_name_or_path: Backbone whose tokenizer is used; linked from model.model_name_or_path.
             dataset_name: Hub dataset id (e.g. ``Salesforce/wikitext``); leave unset to read local files.
             dataset_config: Hub dataset configuration name (e.g. ``wikitext-2-raw-v1``).
-            train_file: Local training text: .txt, .jsonl, .json, .parquet, .csv or .tsv.
+            train_file: Local training text: .txt, .jsonl, .json, .parquet, .csv or .tsv; a glob pattern
+                (``corpus/part-*.txt``) or a list of files or patterns is read as one corpus.
             validation_file: Local validation text; without one, ``validation_fraction`` of the documents is held out.
             text_column: Column holding the text (tabular files and hub datasets).
             txt_documents: How a .txt file splits into documents: ``line``, ``blank_line`` (paragraphs) or ``file``.
@@ -101,6 +103,9 @@ class CorpusDataModule(TokenizedDataModule):
             max_length: Tokens per block or pair, special tokens included.
             validation_fraction: Share of training documents held out when there is no validation data.
             max_train_examples: Keep only the first N training documents (quick runs, fixed budgets).
+            streaming: Read the training documents as a stream, tokenized and packed on the fly, each process its own
+                part (for corpora larger than memory); needs trainer.max_steps, a validation_file (or a hub
+                validation split) and trainer.val_check_interval in steps. See lit_finetune.data.streaming.
             seed: Seed for the validation hold-out and for drawing sentence pairs.
             **kwargs: Tokenizer, batch sizes (in blocks or pairs), workers and cache (see TokenizedDataModule).
         """
@@ -108,6 +113,9 @@ class CorpusDataModule(TokenizedDataModule):
         self.files = {split: path for split, path in (("train", train_file), ("validation", validation_file)) if path}
         if not dataset_name and "train" not in self.files:
             raise ConfigError("data: give either data.dataset_name (a hub dataset) or data.train_file (local text)")
+        if streaming and examples != "blocks":
+            raise ConfigError(f"data.streaming: examples: {examples} draws sentence pairs across the whole corpus, "
+                              "which a stream never holds; stream blocks (examples: blocks) or set streaming: false")
         # The special tokens the tokenizer wraps a single sequence in ([CLS] ... [SEP] for BERT, often none for GPT).
         body = self.tokenizer("a", add_special_tokens=False)["input_ids"]
         wrapped = self.tokenizer("a")["input_ids"]
@@ -124,32 +132,55 @@ class CorpusDataModule(TokenizedDataModule):
     # ----------------------------------------------------------------------------------------------------------- #
     # Reading documents (rank 0 only, in prepare_data)
 
-    def read_documents(self, path: str, key: str) -> datasets.Dataset:
+    def read_documents(self, files: str | list[str], key: str) -> tuple[datasets.Dataset, str]:
         h = self.hparams
-        ds = readers.read_file(path, key, h.txt_documents, h.text_column)
-        readers.require_columns(ds, [h.text_column], str(path), {h.text_column: "data.text_column"})
-        return self.documents_of(ds)
 
-    def documents_of(self, ds: datasets.Dataset) -> datasets.Dataset:
-        """Rows of the text column as documents; empty rows (WikiText's blank lines) are skipped."""
-        texts = [t.strip() for t in readers.column(ds, self.hparams.text_column).to_pylist() if t and t.strip()]
-        return datasets.Dataset.from_dict({"text": texts})
+        def read_one(path):
+            ds = readers.read_file(path, key, h.txt_documents, h.text_column)
+            readers.require_columns(ds, [h.text_column], str(path), {h.text_column: "data.text_column"})
+            return ds.select_columns([h.text_column])
+
+        ds, source = readers.read_split(files, key, read_one)
+        return self.documents_of(ds), source
+
+    def documents_of(self, ds: datasets.Dataset | datasets.IterableDataset):
+        """Rows of the text column as documents; empty rows (WikiText's blank lines) are skipped. Lazily for a
+        stream; in `num_proc` processes, on disk, for a table."""
+        column = self.hparams.text_column
+        table = isinstance(ds, datasets.Dataset)
+        options = dict(num_proc=self.hparams.num_proc, desc="Reading documents") if table else {}
+        ds = ds.select_columns([column]).map(
+            lambda batch: {"text": [(text or "").strip() for text in batch[column]]}, batched=True, **options)
+        if column != "text":
+            ds = ds.remove_columns([column])
+        return ds.filter(lambda batch: [bool(text) for text in batch["text"]], batched=True, **options)
 
     def read_raw(self) -> dict[str, datasets.Dataset]:
+        """The documents of every split that is tokenized up front: all of them, or all but train when it streams."""
         h = self.hparams
         raw: dict[str, datasets.Dataset] = {}
+        sources: dict[str, str] = {}
+        wanted = ("validation",) if h.streaming else ("train", "validation")
         if h.dataset_name:
-            hub = readers.read_hub(h.dataset_name, h.dataset_config)
-            for split in ("train", "validation"):
+            hub = {split: readers.read_hub(h.dataset_name, h.dataset_config, split="validation")
+                   for split in wanted} if h.streaming else readers.read_hub(h.dataset_name, h.dataset_config)
+            for split in wanted:
                 if split in hub:
-                    readers.require_columns(hub[split], [h.text_column], f"{h.dataset_name} [{split}]",
+                    sources[split] = f"{h.dataset_name} [{split}]"
+                    readers.require_columns(hub[split], [h.text_column], sources[split],
                                             {h.text_column: "data.text_column"})
                     raw[split] = self.documents_of(hub[split])
-        for split, path in self.files.items():
-            raw[split] = self.read_documents(path, f"data.{split}_file")
+        for split, files in self.files.items():
+            if split in wanted:
+                raw[split], sources[split] = self.read_documents(files, f"data.{split}_file")
         for split, docs in raw.items():
             if len(docs) == 0:
-                raise DataError(f"{self.files.get(split, h.dataset_name)}: the {split} split has no text")
+                raise DataError(f"{sources[split]}: the {split} split has no text")
+        if h.streaming:
+            if "validation" not in raw:
+                raise ConfigError("data.streaming: validation documents cannot be held out of a stream; give "
+                                  "data.validation_file (or a hub dataset with a validation split)")
+            return raw
         if h.max_train_examples:
             raw["train"] = raw["train"].select(range(min(h.max_train_examples, len(raw["train"]))))
         if "validation" not in raw:
@@ -160,6 +191,27 @@ class CorpusDataModule(TokenizedDataModule):
             parts = raw["train"].train_test_split(test_size=h.validation_fraction, seed=h.seed)
             raw["train"], raw["validation"] = parts["train"], parts["test"]
         return raw
+
+    def train_stream(self, passes: int | None = None) -> datasets.IterableDataset:
+        """This process's blocks of the training stream, repeated `passes` times (without end by default), checked
+        on its first rows before training starts."""
+        h = self.hparams
+        if "train" in self.files:
+            source, name = readers.stream_split(self.files["train"], "data.train_file", h.txt_documents,
+                                                h.text_column), str(self.files["train"])
+        else:
+            source, name = readers.read_hub(h.dataset_name, h.dataset_config, "train", streaming=True), \
+                f"{h.dataset_name} [train]"
+        first = next(iter(source.take(1)), None)
+        if first is None:
+            raise DataError(f"{name}: the train split has no text")
+        if h.text_column not in first:
+            raise DataError(f"{name}: no column {h.text_column!r} (set by data.text_column); the columns are "
+                            f"{sorted(first)}")
+        if h.max_train_examples:
+            source = source.take(h.max_train_examples)
+        return streaming.process_part(source, self.trainer, lambda part: self.documents_of(part).map(
+            self.pack, batched=True, batch_size=1000, remove_columns=["text"])).repeat(passes)
 
     # ----------------------------------------------------------------------------------------------------------- #
     # Tokenizing and packing
@@ -235,7 +287,7 @@ class CorpusDataModule(TokenizedDataModule):
         if h.examples == "blocks":
             examples = datasets.DatasetDict({
                 split: docs.map(self.pack, batched=True, batch_size=1000, remove_columns=["text"],
-                                desc=f"Packing {split}", new_fingerprint=f"{fingerprint}-{split}")
+                                num_proc=h.num_proc, desc=f"Packing {split}", new_fingerprint=f"{fingerprint}-{split}")
                 for split, docs in raw.items()})
         else:
             if self.tokenizer.cls_token_id is None or self.tokenizer.sep_token_id is None:
@@ -257,8 +309,17 @@ class CorpusDataModule(TokenizedDataModule):
                 "documents")
 
     def setup(self, stage: str | None = None) -> None:
-        self.meta = self.load_splits(stage)
+        streamed = self.hparams.streaming and stage == "fit"
+        if streamed:
+            streaming.check_trainer(self.trainer)
+        self.meta = self.load_splits("validate" if streamed else stage)
+        if streamed:
+            self.splits["train"] = self.train_stream()
 
     def loader(self, split: str, train: bool = False) -> DataLoader:
         collate = BlockCollator(self.tokenizer.pad_token_id or 0)
+        if train and self.hparams.streaming:
+            return streaming.StreamLoader(self.splits["train"].with_format("numpy"), batch_size=self.hparams.batch_size,
+                                          collate_fn=collate, num_workers=self.hparams.num_workers,
+                                          progress=self.training_progress, trainer=self.trainer)
         return self.dataloader(self.splits[split].with_format("numpy"), train, collate)

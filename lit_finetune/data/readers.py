@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
-import re
+import glob
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -11,6 +13,7 @@ import datasets
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lit_finetune import cache
 from lit_finetune.errors import ConfigError, DataError
 
 # Builder and keyword arguments per file suffix. TSV files (GLUE-style) are unquoted, so quotes are plain text.
@@ -25,27 +28,89 @@ TEXT_FORMATS = (".csv", ".tsv", ".json", ".jsonl", ".txt")
 TxtDocuments = Literal["line", "blank_line", "file"]
 
 
-def split_documents(text: str, documents: TxtDocuments) -> list[str]:
-    """A .txt file's documents: one per line, per blank-line-separated paragraph, or the whole file."""
+def split_documents(lines: Iterable[str], documents: TxtDocuments) -> Iterator[str]:
+    """A .txt file's documents, read line by line: one per line, per paragraph (separated by blank or
+    whitespace-only lines), or the whole file."""
     if documents == "file":
-        parts = [text]
-    elif documents == "blank_line":
-        parts = re.split(r"\n\s*\n", text)
-    else:
-        parts = text.splitlines()
-    return [part.strip() for part in parts if part.strip()]
+        text = "".join(lines).strip()
+        if text:
+            yield text
+        return
+    paragraph: list[str] = []
+    for line in lines:
+        if documents == "line":
+            if line.strip():
+                yield line.strip()
+        elif line.strip():
+            paragraph.append(line)
+        elif paragraph:
+            yield "".join(paragraph).strip()
+            paragraph = []
+    if paragraph:
+        yield "".join(paragraph).strip()
 
 
-def check_utf8(path: Path) -> None:
-    """Fail with the byte offset and line of the first byte that is not UTF-8 (pandas would only say 'codec error')."""
-    raw = path.read_bytes()
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = raw.count(b"\n", 0, err.start) + 1
-        raise DataError(f"{path}: not valid UTF-8 at byte offset {err.start} (line {line}): "
-                        f"{raw[err.start:err.start + 4]!r}; expected UTF-8 text (re-encode the file, e.g. "
-                        f"`iconv -f latin1 -t utf-8`)") from None
+def txt_rows(paths: list[str], documents: TxtDocuments, column: str, signatures=None) -> Iterator[dict]:
+    """Rows of `column` from .txt files, one document at a time (never a whole corpus in memory); the generator
+    that `datasets` builds a table or a stream from. `signatures` (the files' contents) only key its cache."""
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            for document in split_documents(f, documents):
+                yield {column: document}
+
+
+def text_features(column: str) -> datasets.Features:
+    return datasets.Features({column: datasets.Value("string")})
+
+
+def expand_files(value: str | list[str], key: str) -> list[Path]:
+    """The files a split's setting names: a path, a glob pattern (``data/train-*.txt``, ``**`` for subfolders) or
+    a list of either; a pattern's matches in sorted order. All of one format, since one reader reads them."""
+    patterns = [value] if isinstance(value, (str, Path)) else list(value)
+    if not patterns:
+        raise ConfigError(f"{key}: an empty list; expected a file, a glob pattern or a list of them")
+    paths: list[Path] = []
+    for pattern in map(str, patterns):
+        pattern = str(Path(pattern).expanduser())
+        if any(c in pattern for c in "*?["):
+            matched = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+            if not matched:
+                raise DataError(f"{key}: the pattern {pattern!r} matches no file")
+            paths += matched
+        else:
+            paths.append(Path(pattern))
+    suffixes = sorted({p.suffix for p in paths})
+    if len(suffixes) > 1:
+        raise DataError(f"{key}: the files mix formats ({', '.join(suffixes)}); expected one format per split")
+    return paths
+
+
+def source_name(value: str | list[str], paths: list[Path]) -> str:
+    """How errors name a split's data: its file, or the setting and its file count (rows count across files)."""
+    return str(paths[0]) if len(paths) == 1 else f"{value} ({len(paths)} files)"
+
+
+def check_utf8(path: Path, chunk_bytes: int = 1 << 24) -> None:
+    """Fail with the byte offset and line of the first byte that is not UTF-8 (pandas would only say 'codec error');
+    read in chunks, so a large corpus is never in memory at once."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, lines = 0, 0  # bytes and newlines before the chunk
+    with path.open("rb") as f:
+        while True:
+            chunk = f.read(chunk_bytes)
+            pending = decoder.getstate()[0]  # the start of a character cut by the previous chunk
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as err:
+                at = offset - len(pending) + err.start
+                line = lines - pending.count(b"\n") + (pending + chunk)[:err.start].count(b"\n") + 1
+                f.seek(at)
+                raise DataError(f"{path}: not valid UTF-8 at byte offset {at} (line {line}): {f.read(4)!r}; "
+                                "expected UTF-8 text (re-encode the file, e.g. `iconv -f latin1 -t utf-8`)") from None
+            if not chunk:
+                return
+            lines += chunk.count(b"\n")
+            offset += len(chunk)
 
 
 def check_table(path: Path) -> None:
@@ -89,11 +154,9 @@ def check_table(path: Path) -> None:
         raise DataError(f"{path}: the file has a header ({', '.join(header)}) but no rows")
 
 
-def read_file(path: str | Path, key: str, txt_documents: TxtDocuments = "line",
-              text_column: str = "text") -> datasets.Dataset:
-    """One split from a local csv / tsv / json / jsonl / parquet file, or a .txt file whose documents (split by
-    `txt_documents`) become the rows of `text_column`; `key` is the config key that named it."""
-    path = Path(path).expanduser()
+def check_file(path: Path, key: str) -> None:
+    """What a local data file must be before any reader sees it: there, of a known format, UTF-8 text where it is
+    text, a well-formed table where it is one, and not empty."""
     if not path.is_file():
         raise DataError(f"{key}: file {path} does not exist")
     if path.suffix not in FORMATS and path.suffix != ".txt":
@@ -104,8 +167,19 @@ def read_file(path: str | Path, key: str, txt_documents: TxtDocuments = "line",
         check_table(path)
     elif path.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty")
+
+
+def read_file(path: str | Path, key: str, txt_documents: TxtDocuments = "line",
+              text_column: str = "text") -> datasets.Dataset:
+    """One split from a local csv / tsv / json / jsonl / parquet file, or a .txt file whose documents (split by
+    `txt_documents`) become the rows of `text_column`; `key` is the config key that named it."""
+    path = Path(path).expanduser()
+    check_file(path, key)
     if path.suffix == ".txt":
-        return datasets.Dataset.from_dict({text_column: split_documents(path.read_text("utf-8"), txt_documents)})
+        if next(txt_rows([str(path)], txt_documents, text_column), None) is None:  # `datasets` fails on no rows
+            return datasets.Dataset.from_dict({text_column: []}, features=text_features(text_column))
+        return datasets.Dataset.from_generator(txt_rows, features=text_features(text_column), gen_kwargs=dict(
+            paths=[str(path)], documents=txt_documents, column=text_column, signatures=cache.content_digest(path)))
     builder, kwargs = FORMATS[path.suffix]
     try:
         # Read anew every time: `datasets` keys its own cache of a local file on its path and modification time,
@@ -114,6 +188,35 @@ def read_file(path: str | Path, key: str, txt_documents: TxtDocuments = "line",
                                      download_mode=datasets.DownloadMode.FORCE_REDOWNLOAD, **kwargs)
     except Exception as err:  # datasets/pandas/arrow parse errors: add the file name, keep the cause
         raise DataError(f"{key}: could not parse {path} as {path.suffix[1:]}: {err}") from err
+
+
+def read_split(value: str | list[str], key: str, read_one) -> tuple[datasets.Dataset, str]:
+    """A split from every file its setting names (see expand_files), each read by `read_one(path)`, concatenated
+    (memory-mapped tables, not copies); and the name errors give it."""
+    paths = expand_files(value, key)
+    parts = [read_one(path) for path in paths]
+    if len(parts) == 1:
+        return parts[0], source_name(value, paths)
+    for path, part in zip(paths[1:], parts[1:]):
+        if part.features != parts[0].features:
+            raise DataError(f"{key}: {path} has columns {dict(part.features)}; {paths[0]} has "
+                            f"{dict(parts[0].features)}; expected the same columns in every file of a split")
+    return datasets.concatenate_datasets(parts), source_name(value, paths)
+
+
+def stream_split(value: str | list[str], key: str, txt_documents: TxtDocuments = "line",
+                 text_column: str = "text") -> datasets.IterableDataset:
+    """A split read as a stream from every file its setting names: nothing is loaded or cached up front, and
+    each file is a shard that processes and loader workers divide between them. The files are checked first."""
+    paths = expand_files(value, key)
+    for path in paths:
+        check_file(path, key)
+    if paths[0].suffix == ".txt":
+        return datasets.IterableDataset.from_generator(txt_rows, features=text_features(text_column), gen_kwargs=dict(
+            paths=[str(p) for p in paths], documents=txt_documents, column=text_column))
+    builder, kwargs = FORMATS[paths[0].suffix]
+    return datasets.load_dataset(builder, data_files={"data": [str(p) for p in paths]}, split="data",
+                                 streaming=True, **kwargs)
 
 
 def read_conll(path: str | Path, key: str, token_column: int = 0, tag_column: int = -1) -> datasets.Dataset:
@@ -160,14 +263,16 @@ def read_conll(path: str | Path, key: str, token_column: int = 0, tag_column: in
         "line": datasets.Value("int64")}))
 
 
-def read_hub(name: str, config: str | None) -> datasets.DatasetDict:
-    """All splits of a hub dataset (or a dataset script/folder); offline users get a hint to use local files."""
+def read_hub(name: str, config: str | None, split: str | None = None, streaming: bool = False):
+    """All splits of a hub dataset (or a dataset script/folder), or one split, read whole or as a stream; offline
+    users get a hint to use local files."""
     try:
-        return datasets.load_dataset(name, config)
+        return datasets.load_dataset(name, config, split=split, streaming=streaming)
     except Exception as err:
-        raise ConfigError(f"data.dataset_name: could not load {name!r} (config {config!r}): {err}. Offline, "
-                          "give local files instead: --data.train_file / --data.validation_file / "
-                          "--data.test_file (csv, tsv, json, jsonl, parquet)") from err
+        raise ConfigError(f"data.dataset_name: could not load {name!r} (config {config!r}"
+                          f"{f', split {split!r}' if split else ''}): {err}. Offline, give local files instead: "
+                          "--data.train_file / --data.validation_file / --data.test_file (csv, tsv, json, jsonl, "
+                          "parquet)") from err
 
 
 def column(ds: datasets.Dataset, name: str):

@@ -24,12 +24,12 @@ from lit_finetune.bounds import (
     plain_hparams,
     settings_dict,
 )
+from lit_finetune.distributed import gather_objects
 from lit_finetune.errors import ConfigError
 from lit_finetune.io import atomic_directory
 from lit_finetune.run_folder import EXPORT_MARKER
 from lit_finetune.training import epoch_state
 from lit_finetune.training.checkpointing import NonFiniteError, non_finite_tensors, read_checkpoint
-from lit_finetune.training.distributed import gather_objects
 from lit_finetune.training.layers import parameter_counts
 from lit_finetune.training.lora import KEY as LORA_KEY
 from lit_finetune.training.lora import LoraSettings, apply_lora, is_lora, merged_copy, save_adapter

@@ -12,10 +12,10 @@ from torchmetrics.text import SQuAD
 from transformers import AutoModelForQuestionAnswering, PreTrainedModel
 
 from lit_finetune.bounds import PositiveInt
+from lit_finetune.distributed import gather_objects
 from lit_finetune.io import write_text
 from lit_finetune.run_folder import RunFolder
 from lit_finetune.tasks.base import PerSplit, TaskModule
-from lit_finetune.training.distributed import gather_objects
 
 SPLITS = ("val", "test")  # the splits scored with exact match and F1 (training logs its loss only)
 

@@ -12,10 +12,10 @@ from transformers import AutoModelForTokenClassification, PreTrainedModel
 
 from lit_finetune.bounds import Fraction, settings_dict
 from lit_finetune.data.tag_schemes import OUTSIDE, TagScheme
+from lit_finetune.distributed import gather_objects
 from lit_finetune.tasks.base import TaskModule
 from lit_finetune.tasks.crf import CRF
 from lit_finetune.tasks.distillation import DistillationSettings, Distiller, blended_loss, student_outputs
-from lit_finetune.training.distributed import gather_objects
 
 SEQEVAL_SCHEMES = {"IOB1": seqeval_schemes.IOB1, "IOB2": seqeval_schemes.IOB2, "BIOES": seqeval_schemes.IOBES}
 CRF_FILE = "crf.safetensors"  # the CRF's scores beside an export (transformers' pipeline ignores the file)

@@ -18,9 +18,9 @@ def corpus(dm: CorpusDataModule):
 
 def test_txt_documents_by_line_paragraph_or_file():
     text = "first line\nsecond line\n\n  \nthird paragraph\nstill third\n"
-    assert split_documents(text, "line") == ["first line", "second line", "third paragraph", "still third"]
-    assert split_documents(text, "blank_line") == ["first line\nsecond line", "third paragraph\nstill third"]
-    assert split_documents(text, "file") == [text.strip()]
+    assert list(split_documents(text.splitlines(keepends=True), "line")) == ["first line", "second line", "third paragraph", "still third"]
+    assert list(split_documents(text.splitlines(keepends=True), "blank_line")) == ["first line\nsecond line", "third paragraph\nstill third"]
+    assert list(split_documents(text.splitlines(keepends=True), "file")) == [text.strip()]
 
 
 def test_blocks_are_full_wrapped_and_mark_word_starts(tmp_path):

@@ -4,7 +4,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from helpers import free_port
 
-from lit_finetune.training.distributed import gather_objects
+from lit_finetune.distributed import gather_objects
 
 
 def gather_in_process(rank: int, world_size: int, port: int, results) -> None:

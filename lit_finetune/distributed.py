@@ -1,4 +1,5 @@
-"""What the task modules exchange across processes beyond torchmetrics' own syncing."""
+"""What processes exchange beyond torchmetrics' own syncing: the task modules' predictions, the data modules'
+stream positions."""
 
 from __future__ import annotations
 

@@ -316,18 +316,23 @@ class SplitsDataModule(TokenizedDataModule):
     # ----------------------------------------------------------------------------------------------------------- #
     # Reading (rank 0, in prepare_data)
 
-    def read_raw(self) -> tuple[dict[str, datasets.Dataset], dict[str, str]]:
+    def read_raw(self, skip: tuple[str, ...] = ()) -> tuple[dict[str, datasets.Dataset], dict[str, str]]:
         """Raw splits from the hub (``dataset_name``, ``dataset_config``) and local files (``self.files``), the
-        training rows cut to ``max_train_examples``, and each split's source name for error messages."""
+        training rows cut to ``max_train_examples``, and each split's source name for error messages; the splits in
+        `skip` (a streamed train split) are not read."""
         h = self.hparams
         raw, sources = {}, {}
         if h.dataset_name:
-            hub = readers.read_hub(h.dataset_name, h.dataset_config)
-            raw = {split: hub[split] for split in ("train", "validation", "test") if split in hub}
+            wanted = [split for split in ("train", "validation", "test") if split not in skip]
+            # With a split skipped, the validation split is loaded alone, so that the skipped one is not downloaded.
+            hub = readers.read_hub(h.dataset_name, h.dataset_config) if not skip else \
+                {"validation": readers.read_hub(h.dataset_name, h.dataset_config, split="validation")}
+            raw = {split: hub[split] for split in wanted if split in hub}
             sources = {split: f"{h.dataset_name} [{split}]" for split in raw}
         for split, files in self.files.items():
-            raw[split], sources[split] = readers.read_split(files, f"data.{split}_file",
-                                                            lambda path, split=split: self.read_local(split, str(path)))
+            if split not in skip:
+                raw[split], sources[split] = readers.read_split(
+                    files, f"data.{split}_file", lambda path, split=split: self.read_local(split, str(path)))
         if "train" in raw and h.max_train_examples:
             raw["train"] = raw["train"].select(range(min(h.max_train_examples, len(raw["train"]))))
         for split, ds in raw.items():

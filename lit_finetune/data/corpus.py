@@ -196,15 +196,8 @@ class CorpusDataModule(TokenizedDataModule):
         """This process's blocks of the training stream, repeated `passes` times (without end by default), checked
         on its first rows before training starts."""
         h = self.hparams
-        if "train" in self.files:
-            source, name = readers.stream_split(self.files["train"], "data.train_file", h.txt_documents,
-                                                h.text_column), str(self.files["train"])
-        else:
-            source, name = readers.read_hub(h.dataset_name, h.dataset_config, "train", streaming=True), \
-                f"{h.dataset_name} [train]"
-        first = next(iter(source.take(1)), None)
-        if first is None:
-            raise DataError(f"{name}: the train split has no text")
+        source, name, first = streaming.training_source(self.files.get("train"), h.dataset_name, h.dataset_config,
+                                                        txt_documents=h.txt_documents, text_column=h.text_column)
         if h.text_column not in first:
             raise DataError(f"{name}: no column {h.text_column!r} (set by data.text_column); the columns are "
                             f"{sorted(first)}")
@@ -319,7 +312,5 @@ class CorpusDataModule(TokenizedDataModule):
     def loader(self, split: str, train: bool = False) -> DataLoader:
         collate = BlockCollator(self.tokenizer.pad_token_id or 0)
         if train and self.hparams.streaming:
-            return streaming.StreamLoader(self.splits["train"].with_format("numpy"), batch_size=self.hparams.batch_size,
-                                          collate_fn=collate, num_workers=self.hparams.num_workers,
-                                          progress=self.training_progress, trainer=self.trainer)
+            return streaming.loader(self, self.splits["train"].with_format("numpy"), collate)
         return self.dataloader(self.splits[split].with_format("numpy"), train, collate)

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorForSeq2Seq
 
 from lit_finetune.bounds import OpenFraction, PositiveInt
-from lit_finetune.data import readers
+from lit_finetune.data import readers, streaming
 from lit_finetune.data.base import SplitsDataModule
 from lit_finetune.errors import ConfigError, DataError
 
@@ -74,6 +74,7 @@ class InstructionDataModule(SplitsDataModule):
         validation_fraction: OpenFraction = 0.05,
         seed: int = 42,
         pad_to_multiple_of: PositiveInt | None = None,
+        streaming: bool = False,
         **kwargs,
     ):
         """
@@ -92,6 +93,9 @@ class InstructionDataModule(SplitsDataModule):
             validation_fraction: Share of train held out (seeded) when there is no validation split.
             seed: Seed for the validation hold-out.
             pad_to_multiple_of: Pad training batch length to a multiple of this (8 helps tensor cores on GPU).
+            streaming: Read the training examples as a stream, tokenized on the fly, each process its own part (for
+                data larger than memory); needs trainer.max_steps, validation data (a file or the hub's split) and
+                trainer.val_check_interval in steps. See lit_finetune.data.streaming.
             **kwargs: Data source, tokenizer, batch sizes, workers and cache (see SplitsDataModule).
         """
         super().__init__(model_name_or_path=model_name_or_path, **kwargs)
@@ -241,7 +245,8 @@ class InstructionDataModule(SplitsDataModule):
         """Tokenized split and its counts; examples whose responses were cut away entirely are dropped."""
         h = self.hparams
         ds = ds.map(self.encode, batched=True, fn_kwargs={"split": split}, desc=f"Tokenizing {split}",
-                    remove_columns=[c for c in ds.column_names if c != "example_id"], new_fingerprint=name)
+                    remove_columns=[c for c in ds.column_names if c != "example_id"], new_fingerprint=name,
+                    num_proc=h.num_proc)
         counts = {"examples": len(ds), "truncated": int(sum(readers.column(ds, "truncated").to_pylist()))}
         if split != "predict":
             keep = [i for i, labels in enumerate(readers.column(ds, "labels").to_pylist())
@@ -255,8 +260,12 @@ class InstructionDataModule(SplitsDataModule):
         return ds.remove_columns("truncated"), counts
 
     def build_splits(self, fingerprint: str) -> tuple[dict, dict]:
-        """Read, check and tokenize every split: the splits to cache and their metadata."""
-        raw, sources = self.read_raw()
+        """Read, check and tokenize every split: the splits to cache and their metadata (all but a streamed train
+        split)."""
+        raw, sources = self.read_raw(skip=("train",) if self.hparams.streaming else ())
+        if self.hparams.streaming and "validation" not in raw:
+            raise ConfigError("data.streaming: validation examples cannot be held out of a stream; give "
+                              "data.validation_file (or a hub dataset with a validation split)")
         checked = {split: self.check_split(ds, split, sources[split]) for split, ds in raw.items()}
         if "train" in checked and "validation" not in checked:
             checked["train"], checked["validation"] = self.hold_out(checked["train"])
@@ -276,12 +285,41 @@ class InstructionDataModule(SplitsDataModule):
         return f"Tokenized {meta['sizes']} examples ({'chat template' if meta['chat'] else 'plain format'})"
 
     def setup(self, stage: str | None = None) -> None:
-        self.meta = self.load_splits(stage)
+        streamed = self.hparams.streaming and stage == "fit"
+        if streamed:
+            streaming.check_trainer(self.trainer)
+        self.meta = self.load_splits("validate" if streamed else stage)
+        if streamed:
+            self.splits["train"] = self.train_stream()
+
+    def train_stream(self, passes: int | None = None) -> datasets.IterableDataset:
+        """This process's tokenized training examples, streamed and repeated `passes` times (without end by
+        default); each batch of rows is checked as the table would be, its first rows before training starts."""
+        h = self.hparams
+        source, name, first = streaming.training_source(self.files.get("train"), h.dataset_name, h.dataset_config)
+        self.check_split(datasets.Dataset.from_list([first]), "train", f"{name} (its first row)")
+        if h.max_train_examples:
+            source = source.take(h.max_train_examples)
+
+        def examples(part: datasets.IterableDataset) -> datasets.IterableDataset:
+            def checked(batch: dict) -> dict:
+                rows = self.check_split(datasets.Dataset.from_dict(batch), "train", f"{name} (a streamed batch)")
+                return self.encode(rows.to_dict(), "train") | {"example_id": rows["example_id"]}
+
+            tokenized = part.map(checked, batched=True, remove_columns=list(first))
+            return tokenized.filter(lambda labels: any(label != IGNORE for label in labels), input_columns="labels")
+
+        return streaming.process_part(source, self.trainer, examples).repeat(passes)
 
     # ----------------------------------------------------------------------------------------------------------- #
 
     def collator(self, prompts_only: bool = False) -> InstructionCollator:
         return InstructionCollator(self.tokenizer, prompts_only, self.hparams.pad_to_multiple_of)
+
+    def train_dataloader(self) -> DataLoader:
+        if not self.hparams.streaming:
+            return super().train_dataloader()
+        return streaming.loader(self, self.splits["train"], self.collator())
 
     def prompt_batch(self, split: str, count: int) -> dict:
         """The prompts of a split's first `count` examples as one batch, for generation samples during training."""

@@ -19,8 +19,9 @@ import datasets
 from datasets.distributed import split_dataset_by_node
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from lit_finetune.data import readers
 from lit_finetune.distributed import gather_objects
-from lit_finetune.errors import ConfigError
+from lit_finetune.errors import ConfigError, DataError
 
 KEPT_STATES = 8  # positions kept behind the newest batch drawn: Lightning draws ahead of the step it trains
 
@@ -37,6 +38,28 @@ def check_trainer(trainer) -> None:
         raise ConfigError(f"data.streaming: trainer.val_check_interval is {interval!r}, a share of an epoch, but a "
                           "stream repeats until trainer.max_steps and has no epoch end; set it to a number of steps "
                           "(e.g. 500)")
+
+
+def training_source(files, dataset_name: str | None, dataset_config: str | None,
+                    **read) -> tuple[datasets.IterableDataset, str, dict]:
+    """The training stream of local files (`files`, read with `read`'s settings) or of a hub dataset, the name
+    errors give it, and its first row, which callers check before training starts."""
+    if files:
+        source, name = readers.stream_split(files, "data.train_file", **read), str(files)
+    else:
+        source = readers.read_hub(dataset_name, dataset_config, "train", streaming=True)
+        name = f"{dataset_name} [train]"
+    first = next(iter(source.take(1)), None)
+    if first is None:
+        raise DataError(f"{name}: the train split has no rows")
+    return source, name, first
+
+
+def loader(data_module, stream: datasets.IterableDataset, collate_fn) -> StreamLoader:
+    """Training batches of `stream` with the data module's batch size and workers, resumable."""
+    h = data_module.hparams
+    return StreamLoader(stream, batch_size=h.batch_size, collate_fn=collate_fn, num_workers=h.num_workers,
+                        progress=data_module.training_progress, trainer=data_module.trainer)
 
 
 def process_part(stream: datasets.IterableDataset, trainer,

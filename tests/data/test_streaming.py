@@ -9,10 +9,12 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from helpers import write_rows
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lit_finetune.data import readers, streaming
 from lit_finetune.data.corpus import CorpusDataModule
+from lit_finetune.data.instructions import IGNORE, InstructionDataModule
 from lit_finetune.errors import ConfigError, DataError
 
 
@@ -151,3 +153,26 @@ def test_streaming_needs_a_run_length_in_steps_and_the_same_processes_to_resume(
     loader = streaming.StreamLoader([1, 2], progress=lambda: (0, 0))
     with pytest.raises(ConfigError, match=r"stream positions are those of 2 processes, and this run has 1"):
         loader.load_state_dict({"batches_done": 3, "positions": [{}, {}]})
+
+
+def test_instructions_stream_tokenized_like_the_table_and_bad_rows_are_named(tmp_path):
+    rows = [{"id": str(i), "prompt": f"question {i} ?", "response": f"answer {i} ."} for i in range(12)]
+    for name, part in (("a", rows[:7]), ("b", rows[7:]), ("dev", rows[:2])):
+        write_rows(tmp_path / f"{name}.jsonl", part)
+    settings = dict(model_name_or_path="tiny:gpt2", validation_file=str(tmp_path / "dev.jsonl"), id_column="id",
+                    cache_dir=str(tmp_path))
+    table = InstructionDataModule(train_file=str(tmp_path / "[ab].jsonl"), **settings)
+    table.prepare_data()
+    table.setup("fit")
+    stream = InstructionDataModule(train_file=str(tmp_path / "[ab].jsonl"), streaming=True, **settings)
+    stream.prepare_data()
+    stream.setup("fit")
+    streamed = list(stream.train_stream(passes=2))
+    assert len(streamed) == 24 and stream.meta["sizes"] == {"validation": 2}  # train is not cached
+    assert [r["input_ids"] for r in streamed[:12]] == table.splits["train"]["input_ids"]
+    assert [r["labels"] for r in streamed[12:]] == table.splits["train"]["labels"]
+    batch = next(iter(stream.train_dataloader()))  # the stream repeats: a batch of 32 from 12 examples
+    assert batch["input_ids"].shape[0] == 32 and (batch["labels"] != IGNORE).any()
+    write_rows(tmp_path / "b.jsonl", rows[7:9] + [{"id": "x", "prompt": "q", "response": " "}])
+    with pytest.raises(DataError, match=r"\[ab\].jsonl \(a streamed batch\), row 10: column 'response' is empty"):
+        list(stream.train_stream(passes=1))

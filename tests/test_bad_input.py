@@ -29,6 +29,8 @@ BUILD_ERRORS = {
     "layer_lr_decay 2": (["--model.init_args.layer_lr_decay=2"],
                          "model.init_args.layer_lr_decay: Not of type DecayFactor: 2 does not conform"),
     "fsdp on cpu": (["--trainer.strategy=fsdp"], "trainer.strategy: fsdp needs GPUs; on CPU use trainer.strategy=ddp"),
+    "fsdp config without gpus": (["--config", str(REPO / "configs/strategies/fsdp.yaml")],
+                                 "sharding.FSDPBlocksStrategy needs GPUs and finds none; on CPU use"),
 }
 
 

@@ -173,10 +173,12 @@ def check_trainer_numbers(trainer: Namespace) -> None:
     strategy = trainer.get("strategy") or ""
     name = str(strategy.get("class_path", "") if isinstance(strategy, Namespace) else strategy)
     accelerator = str(trainer.get("accelerator") or "auto")
-    fsdp_v1 = name.lower().startswith("fsdp") or name.endswith(".FSDPStrategy")  # Lightning's FSDP refuses CPUs
-    if fsdp_v1 and (accelerator == "cpu" or accelerator == "auto" and not cuda_available()):
-        raise ConfigError(f"trainer.strategy: {name} needs GPUs; on CPU use trainer.strategy=ddp, or FSDP2 sharding "
-                          "with --config configs/strategies/fsdp2.yaml")
+    # Lightning's FSDP refuses CPUs
+    fsdp_v1 = name.lower().startswith("fsdp") or name.endswith((".FSDPStrategy", ".FSDPBlocksStrategy"))
+    if fsdp_v1 and (accelerator == "cpu" or accelerator in ("auto", "gpu", "cuda") and not cuda_available()):
+        raise ConfigError(f"trainer.strategy: {name} needs GPUs{'' if accelerator == 'cpu' else ' and finds none'}; "
+                          "on CPU use trainer.strategy=ddp, or FSDP2 sharding with --config "
+                          "configs/strategies/fsdp2.yaml")
 
 
 def cuda_available() -> bool:

@@ -1,19 +1,26 @@
-"""FSDP2 through Lightning's ModelParallelStrategy: every process a data-parallel shard; each Transformer block, then
-the model, then any weighted part of the task module outside it wrapped with PyTorch's ``fully_shard``.
+"""Sharded data parallelism, each Transformer block its own unit, the block class found in the model (so one config
+serves BERT, GPT-2, Llama ...).
 
-The strategy config is ``configs/strategies/fsdp2.yaml``; task modules shard themselves in ``configure_model`` (see
-TaskModule), before the optimizer is built. It runs on GPUs (NCCL) and on CPU (gloo), which is how it is tested.
+FSDP2 (``configs/strategies/fsdp2.yaml``): Lightning's ModelParallelStrategy; each block, then the model, then any
+weighted part of the task module outside it wrapped with PyTorch's ``fully_shard``. Task modules shard themselves in
+``configure_model`` (see TaskModule), before the optimizer is built. It runs on GPUs (NCCL) and on CPU (gloo), which
+is how it is tested.
+
+FSDP (``configs/strategies/fsdp.yaml``): Lightning's FSDPStrategy (GPUs only), its auto-wrap and activation
+checkpointing policies set to the model's block class when Lightning wraps the model.
 """
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Literal
 
 import torch
-from lightning.pytorch.strategies import ModelParallelStrategy
+from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from torch import nn
 from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 from torch.distributed.tensor import DTensor
 
 from lit_finetune.errors import ConfigError
@@ -62,6 +69,44 @@ class FSDP2Strategy(ModelParallelStrategy):
             staging.rename(path)
             shutil.rmtree(previous, ignore_errors=True)
         self.barrier("sharded_checkpoint_in_place")
+
+
+def block_classes(module: nn.Module) -> set[type[nn.Module]]:
+    """The classes of the Transformer blocks of the model inside a task `module` (or of a model)."""
+    model = getattr(module, "model", module)
+    classes = {type(block) for blocks in block_lists(backbone(model)) for block in blocks}
+    if not classes:
+        raise ConfigError(f"trainer.strategy: found no Transformer blocks (a ModuleList of layers) in "
+                          f"{type(model).__name__} to shard one by one; use trainer.strategy=ddp")
+    return classes
+
+
+class FSDPBlocksStrategy(FSDPStrategy):
+    """Lightning's FSDP (GPUs): each Transformer block one FSDP unit, optionally recomputing its activations in the
+    backward pass; parameters keep their names (``use_orig_params``), so weight decay and layer-wise learning rates
+    are grouped as without sharding.
+
+    Args:
+        activation_checkpointing: Recompute each block's activations in the backward pass (less memory, ~30% more
+            compute).
+        sharding_strategy: ``FULL_SHARD`` (parameters, gradients, optimizer state), ``SHARD_GRAD_OP`` (gradients and
+            optimizer state), ``HYBRID_SHARD`` (full within a node, replicated across nodes) or ``NO_SHARD``.
+        state_dict_type: ``full`` (rank 0 writes one checkpoint file) or ``sharded`` (each process writes its shards
+            into a checkpoint folder, which `export` consolidates).
+        **kwargs: FSDPStrategy's other settings (cpu_offload, mixed_precision, process_group_backend, timeout).
+    """
+
+    def __init__(self, activation_checkpointing: bool = False, sharding_strategy: str = "FULL_SHARD",
+                 state_dict_type: Literal["full", "sharded"] = "full", **kwargs):
+        super().__init__(sharding_strategy=sharding_strategy, state_dict_type=state_dict_type, **kwargs)
+        self.checkpoint_blocks = activation_checkpointing
+
+    def _setup_model(self, model: nn.Module) -> nn.Module:
+        classes = block_classes(model)
+        self.kwargs.setdefault("auto_wrap_policy", ModuleWrapPolicy(classes))
+        if self.checkpoint_blocks:
+            self._activation_checkpointing_kwargs = {"auto_wrap_policy": ModuleWrapPolicy(classes)}
+        return super()._setup_model(model)
 
 
 def local(tensor: torch.Tensor) -> torch.Tensor:

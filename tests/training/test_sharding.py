@@ -7,9 +7,11 @@ import json
 import pytest
 import torch
 from helpers import REPO, run_cli, tiny_args
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from lit_finetune import commands
+from lit_finetune.backbones import load_model
+from lit_finetune.training.sharding import FSDPBlocksStrategy, block_classes
 
 STRATEGIES = REPO / "configs" / "strategies"
 PROBE_ENV = {"PYTHONPATH": str(REPO / "tests"), "WANDB_MODE": "disabled"}  # tests/probes.py, importable there
@@ -67,3 +69,12 @@ def test_fsdp2_sharded_checkpoint_folder_exports_the_weights_in_memory(tmp_path,
     [best] = (tmp_path / "run" / "checkpoints").glob("best-*")
     assert best.is_dir() and (tmp_path / "run" / "export" / "config.json").is_file()
     exported_logits(tmp_path / "run" / "export")  # the end-of-fit export, from the best folder, loads
+
+
+def test_fsdp_wraps_the_block_class_found_in_each_model():
+    """configs/strategies/fsdp.yaml names no architecture: each model's block class is found in it."""
+    found = {preset: {cls.__name__ for cls in block_classes(load_model(preset, AutoModelForCausalLM))}
+             for preset in ("tiny:bert", "tiny:gpt2", "tiny:llama")}
+    assert found == {"tiny:bert": {"BertLayer"}, "tiny:gpt2": {"GPT2Block"}, "tiny:llama": {"LlamaDecoderLayer"}}
+    strategy = FSDPBlocksStrategy(activation_checkpointing=True, state_dict_type="sharded")
+    assert strategy.kwargs["use_orig_params"] and strategy._state_dict_type == "sharded"

@@ -19,6 +19,7 @@ from lit_finetune import io
 from lit_finetune.run_folder import RunFolder
 from lit_finetune.tasks.base import export_checkpoint
 from lit_finetune.training.samples import record_samples
+from lit_finetune.training.sharding import is_sharding
 
 
 def flatten_row(row: dict, prefix: str = "") -> dict:
@@ -183,10 +184,18 @@ class GenerationSamples(pl.Callback):
         return rows
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        # Sharded weights are gathered block by block in every process's forward pass, so all of them generate
+        # (the same greedy tokens); otherwise the first process alone.
+        if trainer.sanity_checking or not (trainer.is_global_zero or is_sharding(trainer)):
             return
-        record_samples(trainer, [{"prompt": p, "continuation": c}
-                                 for p, c in zip(self.prompts, self.continuations(pl_module))])
+        cuda = pl_module.device.type == "cuda"
+        # Sampling draws from a generator seeded by the step: the same tokens in every process, and training's own
+        # random stream left as it was.
+        with torch.random.fork_rng(devices=[pl_module.device] if cuda else []):
+            torch.manual_seed(trainer.global_step)
+            rows = [{"prompt": p, "continuation": c} for p, c in zip(self.prompts, self.continuations(pl_module))]
+        if trainer.is_global_zero:
+            record_samples(trainer, rows)
 
 
 class ResponseSamples(GenerationSamples):

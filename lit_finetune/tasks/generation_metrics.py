@@ -9,9 +9,15 @@ from __future__ import annotations
 import sacrebleu
 import torch
 import torchmetrics
-from rouge_score import rouge_scorer
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+
+
+def rouge_scorer(use_stemmer: bool):
+    """rouge_score's scorer, imported here: it imports nltk, seconds of every command's start-up otherwise."""
+    from rouge_score.rouge_scorer import RougeScorer  # noqa: PLC0415
+
+    return RougeScorer(list(ROUGE_TYPES), use_stemmer=use_stemmer)
 BLEU_ORDER = 4  # sacrebleu's default n-gram order
 
 
@@ -29,7 +35,7 @@ def corpus_bleu(predictions: list[str], references: list[str], tokenize: str = "
 def rouge(predictions: list[str], references: list[str], use_stemmer: bool = True) -> dict[str, float]:
     """Mean ROUGE-1/2/L F1 over the pairs (rouge_score lowercases and keeps only [a-z0-9] tokens)."""
     check_lengths(predictions, references)
-    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=use_stemmer)
+    scorer = rouge_scorer(use_stemmer)
     totals = dict.fromkeys(ROUGE_TYPES, 0.0)
     for prediction, reference in zip(predictions, references):
         for name, score in scorer.score(reference, prediction).items():
@@ -53,7 +59,7 @@ class GenerationScores(torchmetrics.Metric):
         super().__init__(**kwargs)
         # Per-sentence statistics only; the corpus score is computed from their sums.
         self.bleu = sacrebleu.BLEU(tokenize=tokenize, effective_order=True)
-        self.scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=use_stemmer)
+        self.scorer = rouge_scorer(use_stemmer)
         # hypothesis length, reference length, matches per n-gram order, n-grams per order
         self.add_state("bleu_stats", torch.zeros(2 + 2 * BLEU_ORDER, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("rouge_f1", torch.zeros(len(ROUGE_TYPES), dtype=torch.float32), dist_reduce_fx="sum")

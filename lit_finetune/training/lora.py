@@ -4,18 +4,19 @@ a plain model with the adapter merged in)."""
 from __future__ import annotations
 
 import copy
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from peft import LoraConfig, PeftModel, get_peft_model
-from peft.tuners.tuners_utils import check_target_module_exists
-from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from torch import nn
 from transformers import Conv1D, PreTrainedModel
 
 from lit_finetune.errors import ConfigError
+
+if TYPE_CHECKING:  # peft is imported where it is used: it adds a second to every command's start-up
+    from peft import PeftModel
 from lit_finetune.training.layers import head_module_names
 
 KEY = "model.lora"
@@ -59,7 +60,8 @@ class LoraSettings:
 
 def is_lora(model: nn.Module) -> bool:
     """Whether `model` is already wrapped by peft (its trainable weights are adapters)."""
-    return isinstance(model, PeftModel)
+    peft = sys.modules.get("peft")  # a model cannot be peft's unless peft was imported
+    return peft is not None and isinstance(model, peft.PeftModel)
 
 
 def apply_lora(model: PreTrainedModel, settings: LoraSettings) -> PeftModel:
@@ -71,6 +73,8 @@ def apply_lora(model: PreTrainedModel, settings: LoraSettings) -> PeftModel:
     Raises: ConfigError when a target pattern or a module to save matches nothing in the model, or when peft has
     no default targets for the model type.
     """
+    from peft import LoraConfig, get_peft_model  # noqa: PLC0415
+
     if is_lora(model):
         return model
     head = task_head(model) if settings.modules_to_save is None else list(settings.modules_to_save)
@@ -95,6 +99,8 @@ def task_head(model: PreTrainedModel) -> list[str]:
 
 def default_targets(model: PreTrainedModel) -> list[str] | str:
     """peft's default target modules for the model type."""
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING  # noqa: PLC0415
+
     model_type = model.config.model_type
     targets = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type)
     if targets is None:
@@ -115,6 +121,9 @@ def adapted_modules(model: nn.Module, targets: list[str] | str, head: list[str])
 
     Raises: ConfigError naming each pattern that selects no layer LoRA can adapt, with the names there are.
     """
+    from peft import LoraConfig  # noqa: PLC0415
+    from peft.tuners.tuners_utils import check_target_module_exists  # noqa: PLC0415
+
     layers = [(name, module) for name, module in model.named_modules() if isinstance(module, ADAPTABLE)]
     if isinstance(targets, str) and targets.lower() == ALL_LINEAR:
         return [module for _, module in layers]

@@ -10,12 +10,13 @@ checkpoint, and streaming a corpus 10x larger than WikiText-2.
    (c) a 10x corpus (the train lines repeated 10 times, shuffled; ~108 MB in /tmp) streamed: tokens/s over the
    timed steps (data loading included) and peak RSS.
 
-    python benchmarks/scale_out.py                 # 24 SFT steps, 60 MLM steps per run
+    python benchmarks/scale_out.py                 # 24 SFT steps, 30 MLM steps per run
     python benchmarks/scale_out.py --sft_steps 6 --mlm_steps 10 --rounds 1   # smoke run
 
 The SFT data are prompt/answer pairs made from the SQuAD v1.1 dev questions (question -> answer text), written to
-/tmp by this script. Data: ../shared/data/{squad,wikitext-2} relative to the repo root. Runs one job at a time (the
-two ranks of a distributed run share the machine's two cores). Set HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+/tmp by this script. Data: ../shared/data/{squad,wikitext-2} relative to the repo root. Runs one job at a time: the
+two ranks of a distributed run on one thread each, a single-process run on two (the machine's two cores). A rerun
+keeps the SFT runs already done (same steps). Set HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false offline.
 """
 
@@ -25,6 +26,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -41,18 +43,17 @@ PROBE = "--trainer.callbacks+=scale_probes.ScaleProbe"
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sft_steps", type=int, default=24)
-    parser.add_argument("--mlm_steps", type=int, default=60)
+    parser.add_argument("--mlm_steps", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=2, help="streaming runs interleaved (a b c a b c ...)")
     parser.add_argument("--work", default="/tmp/lit_finetune_scale_out", help="derived data and runs")
     parser.add_argument("--output", default="runs/benchmarks/scale_out.json", help="JSON report")
     return parser.parse_args()
 
 
-def lit_finetune(*args: str) -> float:
-    """Run the CLI with the probes importable; its wall time."""
+def lit_finetune(*args: str, threads: int = 1) -> float:
+    """Run the CLI with the probes importable, on `threads` threads per process; its wall time."""
     print("\n$ lit-finetune " + " ".join(args), flush=True)
-    env = {**os.environ, "PYTHONPATH": str(REPO / "benchmarks"), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS",
-                                                                                                  "1")}
+    env = {**os.environ, "PYTHONPATH": str(REPO / "benchmarks"), "OMP_NUM_THREADS": str(threads)}
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "lit_finetune", *args], check=True, env=env)
     return time.perf_counter() - started
@@ -60,6 +61,14 @@ def lit_finetune(*args: str) -> float:
 
 def ranks(probe: Path, count: int) -> list[dict]:
     return [json.loads((probe / f"rank-{r}.json").read_text()) for r in range(count)]
+
+
+def done(probe: Path, count: int, steps: int) -> bool:
+    """Whether a run of `steps` steps left its readings already (a rerun skips it)."""
+    try:
+        return all(r["global_step"] == steps for r in ranks(probe, count))
+    except (OSError, ValueError, KeyError):
+        return False
 
 
 def sft_pairs(work: Path) -> tuple[Path, Path]:
@@ -90,6 +99,10 @@ def memory_per_rank(args, work: Path) -> dict:
                            ("fsdp2", ["--config", "configs/strategies/fsdp2.yaml",
                                       "--trainer.strategy.init_args.save_distributed_checkpoint=true"])):
         run_dir, probe = work / f"sft-{name}", work / f"sft-{name}-probe"
+        if done(probe, 2, args.sft_steps):
+            results[name] = {"ranks": ranks(probe, 2), "wall_s": None, "run_dir": str(run_dir)}
+            continue
+        shutil.rmtree(run_dir, ignore_errors=True)
         wall = lit_finetune("fit", *common, *strategy, f"--trainer.default_root_dir={run_dir}",
                             f"--trainer.callbacks.output_dir={probe}")
         results[name] = {"ranks": ranks(probe, 2), "wall_s": wall, "run_dir": str(run_dir)}
@@ -133,7 +146,7 @@ def streaming(args, work: Path) -> dict:
     common = ["--config", "configs/pretrain/mlm.yaml", "--model.init_args.model_name_or_path=minilm",
               "--data.init_args.dataset_name=null", "--data.init_args.dataset_config=null",
               f"--data.init_args.validation_file={valid}", "--data.init_args.max_length=128",
-              "--data.init_args.batch_size=16", f"--data.init_args.cache_dir={cache}", "--trainer.accelerator=cpu",
+              "--data.init_args.batch_size=8", f"--data.init_args.cache_dir={cache}", "--trainer.accelerator=cpu",
               "--trainer.devices=1", f"--trainer.max_steps={args.mlm_steps}", "--trainer.limit_val_batches=2",
               f"--trainer.val_check_interval={args.mlm_steps}", "--trainer.check_val_every_n_epoch=null",
               "--trainer.num_sanity_val_steps=0", "--trainer.logger=lit_finetune.training.loggers.RunCSVLogger",
@@ -143,15 +156,18 @@ def streaming(args, work: Path) -> dict:
             "streamed_1x": [f"--data.init_args.train_file={train}", "--data.init_args.streaming=true"],
             "streamed_10x": [f"--data.init_args.train_file={big_corpus(work)}", "--data.init_args.streaming=true"]}
     # The cached run's tokenization happens once, before the timed rounds.
+    shutil.rmtree(work / "mlm-warm", ignore_errors=True)
     lit_finetune("fit", *common, *runs["cached_1x"], f"--trainer.default_root_dir={work / 'mlm-warm'}",
                  f"--trainer.callbacks.output_dir={work / 'mlm-warm-probe'}", "--trainer.max_steps=1",
-                 "--trainer.val_check_interval=1")
+                 "--trainer.val_check_interval=1", threads=2)
     results: dict = {name: [] for name in runs}
     for round_ in range(args.rounds):
         for name, extra in runs.items():
             run_dir, probe = work / f"mlm-{name}-{round_}", work / f"mlm-{name}-{round_}-probe"
+            shutil.rmtree(run_dir, ignore_errors=True)
+            shutil.rmtree(probe, ignore_errors=True)
             lit_finetune("fit", *common, *extra, f"--trainer.default_root_dir={run_dir}",
-                         f"--trainer.callbacks.output_dir={probe}")
+                         f"--trainer.callbacks.output_dir={probe}", threads=2)
             results[name].append(ranks(probe, 1)[0])
     mean = {name: {k: sum(r[k] for r in rs) / len(rs) for k in ("tokens_per_s", "peak_rss_mib")}
             for name, rs in results.items()}

@@ -181,6 +181,23 @@ def check_trainer_numbers(trainer: Namespace) -> None:
                           "configs/strategies/fsdp2.yaml")
 
 
+def check_shard_count(path: Path, trainer: Namespace | None) -> None:
+    """A sharded checkpoint folder resumes on the number of processes that wrote it: resharding on load is not
+    tested here (a trial on fewer processes trained, then lost its validation metrics).
+
+    Raises: ConfigError naming both counts and the way out (its export, or a full checkpoint file).
+    """
+    if not path.is_dir() or trainer is None:
+        return
+    written = len(list(path.glob("*.distcp")))
+    devices = str(trainer.get("devices"))
+    processes = int(devices) * int(trainer.get("num_nodes") or 1) if devices.isdigit() else None
+    if written and processes is not None and processes != written:
+        raise ConfigError(f"--ckpt_path: {path} holds the shards of {written} processes, and this run has "
+                          f"{processes} (trainer.devices x trainer.num_nodes); resume it with {written}, or "
+                          "export it (lit-finetune export) and start a new run from the export")
+
+
 def cuda_available() -> bool:
     import torch
 
@@ -287,6 +304,7 @@ class LitFinetuneCLI(LightningCLI):
             os.environ[RESUME_ENV] = str(config.get("ckpt_path") or "")
             if config.get("ckpt_path"):
                 checkpoint = read_checkpoint(config.ckpt_path, mmap=True, weights=False)
+                check_shard_count(Path(config.ckpt_path), trainer)
                 self.check_resume_settings(config, checkpoint)
         resuming = checkpoint is not None
         if trainer.enable_progress_bar is False and trainer.callbacks:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from helpers import REPO, run_cli, tiny_args
+from helpers import REPO, one_line_error, run_cli, tiny_args
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from lit_finetune import commands
@@ -56,7 +56,7 @@ def test_fsdp2_shards_trains_like_ddp_and_exports_the_weights_in_memory(tmp_path
 
 
 @pytest.mark.xdist_group("two_processes")
-def test_fsdp2_sharded_checkpoint_folder_exports_the_weights_in_memory(tmp_path, tiny_data):
+def test_fsdp2_sharded_checkpoint_folder_exports_the_weights_in_memory(tmp_path, tiny_data, capsys):
     """With save_distributed_checkpoint each process writes its own shards into a last.ckpt folder; `export` (and
     the end-of-fit export) consolidate them in one process into the Hugging Face folder a single-file run writes."""
     fsdp2 = fit_on_two_processes("fsdp2", tiny_data, tmp_path / "run", tmp_path / "probe",
@@ -69,6 +69,13 @@ def test_fsdp2_sharded_checkpoint_folder_exports_the_weights_in_memory(tmp_path,
     [best] = (tmp_path / "run" / "checkpoints").glob("best-*")
     assert best.is_dir() and (tmp_path / "run" / "export" / "config.json").is_file()
     exported_logits(tmp_path / "run" / "export")  # the end-of-fit export, from the best folder, loads
+    # Another number of processes is refused before anything trains, with the way out.
+    line = one_line_error(capsys, ["fit", *tiny_args(tiny_data, tmp_path / "one", "--config",
+                                                     str(STRATEGIES / "fsdp2.yaml"), "--trainer.devices=1",
+                                                     "--trainer.logger=false", "--resume_changes=allow"), "--ckpt_path",
+                                   str(last)])
+    assert "holds the shards of 2 processes, and this run has 1" in line
+    assert not (tmp_path / "one" / "checkpoints").exists()
 
 
 def test_fsdp_wraps_the_block_class_found_in_each_model():

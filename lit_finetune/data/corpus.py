@@ -302,12 +302,7 @@ class CorpusDataModule(TokenizedDataModule):
                 "documents")
 
     def setup(self, stage: str | None = None) -> None:
-        streamed = self.hparams.streaming and stage == "fit"
-        if streamed:
-            streaming.check_trainer(self.trainer)
-        self.meta = self.load_splits("validate" if streamed else stage)
-        if streamed:
-            self.splits["train"] = self.train_stream()
+        self.meta = streaming.load_splits(self, stage)
 
     def loader(self, split: str, train: bool = False) -> DataLoader:
         collate = BlockCollator(self.tokenizer.pad_token_id or 0)

@@ -285,12 +285,7 @@ class InstructionDataModule(SplitsDataModule):
         return f"Tokenized {meta['sizes']} examples ({'chat template' if meta['chat'] else 'plain format'})"
 
     def setup(self, stage: str | None = None) -> None:
-        streamed = self.hparams.streaming and stage == "fit"
-        if streamed:
-            streaming.check_trainer(self.trainer)
-        self.meta = self.load_splits("validate" if streamed else stage)
-        if streamed:
-            self.splits["train"] = self.train_stream()
+        self.meta = streaming.load_splits(self, stage)
 
     def train_stream(self, passes: int | None = None) -> datasets.IterableDataset:
         """This process's tokenized training examples, streamed and repeated `passes` times (without end by

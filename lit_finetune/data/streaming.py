@@ -40,6 +40,19 @@ def check_trainer(trainer) -> None:
                           "(e.g. 500)")
 
 
+def load_splits(data_module, stage: str | None) -> dict:
+    """A streaming data module's ``setup``: the cached splits the stage needs and, when it fits on a stream, its
+    training stream (``data_module.train_stream()``) as the train split, checked before training; the cache's
+    metadata."""
+    streamed = data_module.hparams.streaming and stage == "fit"
+    if streamed:
+        check_trainer(data_module.trainer)
+    meta = data_module.load_splits("validate" if streamed else stage)
+    if streamed:
+        data_module.splits["train"] = data_module.train_stream()
+    return meta
+
+
 def training_source(files, dataset_name: str | None, dataset_config: str | None,
                     **read) -> tuple[datasets.IterableDataset, str, dict]:
     """The training stream of local files (`files`, read with `read`'s settings) or of a hub dataset, the name

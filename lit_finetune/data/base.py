@@ -195,6 +195,8 @@ class TokenizedDataModule(pl.LightningDataModule):
         a pattern's matches are listed, so a file added to it is tokenized too."""
         found = {}
         for split, files in getattr(self, "files", {}).items():
+            if split == "train" and self.hparams.get("streaming"):
+                continue  # a streamed split is never cached: hashing its corpus on every process would be waste
             paths = readers.expand_files(files, f"data.{split}_file")
             found.update({split if len(paths) == 1 else f"{split}.{i}": str(p) for i, p in enumerate(paths)})
         return found

@@ -3,17 +3,22 @@
 import csv
 
 import pytest
-from helpers import logged_values, run_cli, tiny_args
+from helpers import logged_values, run_cli, tiny_args, tiny_splits
 
 from lit_finetune.commands import compare
 from lit_finetune.commands.fit import LitFinetuneCLI
 from lit_finetune.errors import ConfigError
 
+# On one test worker: the three runs of the module's sweep folder are made once.
+pytestmark = pytest.mark.xdist_group("compare")
 
-@pytest.fixture
-def sweep_dir(tmp_path, tiny_data):
-    """Three short runs differing in learning rate and schedule; only 3e-3 learns the task in 8 epochs."""
-    sweep = tmp_path / "sweep"
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory, offline_module):
+    """Three short runs differing in learning rate and schedule; only 3e-3 learns the task in 8 epochs (read, not
+    changed, by the tests)."""
+    folder = tmp_path_factory.mktemp("compare")
+    tiny_data, sweep = tiny_splits(folder / "data"), folder / "sweep"
     for i, (lr, schedule) in enumerate([(1e-5, "linear"), (3e-3, "cosine"), (1e-2, "linear")]):
         LitFinetuneCLI(args=["fit", *tiny_args(tiny_data, sweep / f"trial-{i}", "--trainer.max_epochs=8",
                                                f"--model.learning_rate={lr}", f"--model.lr_scheduler={schedule}")])

@@ -24,7 +24,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader
 
 from lit_finetune.bounds import OpenFraction, PositiveInt
-from lit_finetune.data import readers, streaming
+from lit_finetune.data import packing, readers, streaming
 from lit_finetune.data.base import TokenizedDataModule
 from lit_finetune.data.readers import TxtDocuments
 from lit_finetune.errors import ConfigError, DataError
@@ -54,6 +54,8 @@ class BlockCollator:
         batch = {"input_ids": input_ids, "attention_mask": attention_mask,
                  "special_tokens_mask": stack("special_tokens_mask", 1).bool() | (attention_mask == 0),
                  "word_starts": stack("word_starts", 0).bool()}
+        if "document_starts" in blocks[0]:
+            batch["position_ids"] = packing.positions_from_starts(stack("document_starts", 0).bool())
         if "pair_label" in blocks[0]:
             batch["token_type_ids"] = stack("token_type_ids", 0)
             batch["pair_label"] = torch.tensor([int(b["pair_label"]) for b in blocks])
@@ -84,6 +86,7 @@ class CorpusDataModule(TokenizedDataModule):
         max_length: PositiveInt = 128,
         validation_fraction: OpenFraction = 0.05,
         max_train_examples: PositiveInt | None = None,
+        respect_document_boundaries: bool = False,
         streaming: bool = False,
         seed: int = 42,
         **kwargs,
@@ -103,6 +106,9 @@ class CorpusDataModule(TokenizedDataModule):
             max_length: Tokens per block or pair, special tokens included.
             validation_fraction: Share of training documents held out when there is no validation data.
             max_train_examples: Keep only the first N training documents (quick runs, fixed budgets).
+            respect_document_boundaries: Keep the documents of a block apart: positions restart at each document
+                and attention stays within it (a causal model predicts no document's first token from the one
+                before). Off: a block is one sequence, as in transformers' run_mlm / run_clm. Blocks only.
             streaming: Read the training documents as a stream, tokenized and packed on the fly, each process its own
                 part (for corpora larger than memory); needs trainer.max_steps, a validation_file (or a hub
                 validation split) and trainer.val_check_interval in steps. See lit_finetune.data.streaming.
@@ -113,6 +119,9 @@ class CorpusDataModule(TokenizedDataModule):
         self.files = {split: path for split, path in (("train", train_file), ("validation", validation_file)) if path}
         if not dataset_name and "train" not in self.files:
             raise ConfigError("data: give either data.dataset_name (a hub dataset) or data.train_file (local text)")
+        if respect_document_boundaries and examples != "blocks":
+            raise ConfigError(f"data.respect_document_boundaries: examples: {examples} are sentence pairs of one "
+                              "document each, with no boundaries to keep; set it false, or examples: blocks")
         if streaming and examples != "blocks":
             raise ConfigError(f"data.streaming: examples: {examples} draws sentence pairs across the whole corpus, "
                               "which a stream never holds; stream blocks (examples: blocks) or set streaming: false")
@@ -213,19 +222,25 @@ class CorpusDataModule(TokenizedDataModule):
         """Tokenize a batch of documents, join them with the separator and cut full blocks (the tail is dropped,
         as in transformers' run_mlm / run_clm; a split shorter than one block keeps its only, short block)."""
         enc = self.tokenizer(batch["text"], add_special_tokens=False)
-        ids, starts = [], []
+        ids, starts, documents = [], [], []
         for doc_ids, encoding in zip(enc["input_ids"], enc.encodings):
             words = encoding.word_ids
+            documents += [True] + [False] * len(doc_ids)  # the separator ends its document
             ids += doc_ids + [self.separator_id]
             starts += [i == 0 or words[i] != words[i - 1] for i in range(len(doc_ids))] + [False]
         n, prefix, suffix = self.block_body, self.block_prefix, self.block_suffix
         special = set(self.tokenizer.all_special_ids)
         out = {"input_ids": [], "special_tokens_mask": [], "word_starts": []}
+        if self.hparams.respect_document_boundaries:
+            out["document_starts"] = []
         for b in range(max(len(ids) // n, 1)):
             block = prefix + ids[b * n:(b + 1) * n] + suffix
             out["input_ids"].append(block)
             out["special_tokens_mask"].append([int(t in special) for t in block])
             out["word_starts"].append([False] * len(prefix) + starts[b * n:(b + 1) * n] + [False] * len(suffix))
+            if "document_starts" in out:  # a block's first document goes on from its prefix
+                body = documents[b * n:(b + 1) * n]
+                out["document_starts"].append([False] * (len(prefix) + 1) + body[1:] + [False] * len(suffix))
         return out
 
     def sentence_pairs(self, docs: datasets.Dataset, seed: int) -> datasets.Dataset:
@@ -303,6 +318,11 @@ class CorpusDataModule(TokenizedDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.meta = streaming.load_splits(self, stage)
+
+    @property
+    def packing_key(self) -> str | None:
+        """The setting that puts several documents in a row (its model must keep them apart), if on."""
+        return "data.respect_document_boundaries" if self.hparams.respect_document_boundaries else None
 
     def loader(self, split: str, train: bool = False) -> DataLoader:
         collate = BlockCollator(self.tokenizer.pad_token_id or 0)

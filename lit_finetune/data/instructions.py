@@ -15,17 +15,19 @@ from __future__ import annotations
 from typing import Literal
 
 import datasets
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 from transformers import DataCollatorForSeq2Seq
 
 from lit_finetune.bounds import OpenFraction, PositiveInt
-from lit_finetune.data import readers, streaming
+from lit_finetune.data import packing, readers, streaming
 from lit_finetune.data.base import SplitsDataModule
+from lit_finetune.data.packing import Packing
 from lit_finetune.errors import ConfigError, DataError
 
 IGNORE = -100  # label of tokens outside the loss (transformers' convention)
 PromptFormat = Literal["auto", "chat", "plain"]
+TooLong = Literal["truncate", "refuse"]
 
 
 class InstructionCollator:
@@ -74,6 +76,9 @@ class InstructionDataModule(SplitsDataModule):
         validation_fraction: OpenFraction = 0.05,
         seed: int = 42,
         pad_to_multiple_of: PositiveInt | None = None,
+        packing: Packing = "none",
+        group_by_length: bool = False,
+        too_long: TooLong = "truncate",
         streaming: bool = False,
         **kwargs,
     ):
@@ -93,12 +98,23 @@ class InstructionDataModule(SplitsDataModule):
             validation_fraction: Share of train held out (seeded) when there is no validation split.
             seed: Seed for the validation hold-out.
             pad_to_multiple_of: Pad training batch length to a multiple of this (8 helps tensor cores on GPU).
+            packing: ``padding_free``: training and evaluation batches are rows of several whole examples, up to
+                max_length tokens each (first-fit-decreasing, seeded), with positions restarting at each example so
+                attention never crosses them; batch_size then counts rows. ``none``: one padded example per row.
+            group_by_length: Sample training batches of examples of similar length (less padding, faster epochs).
+            too_long: What happens to an example longer than max_length: ``truncate`` (cut at the end, counted in
+                the log) or ``refuse`` (a DataError naming its row, before training).
             streaming: Read the training examples as a stream, tokenized on the fly, each process its own part (for
                 data larger than memory); needs trainer.max_steps, validation data (a file or the hub's split) and
                 trainer.val_check_interval in steps. See lit_finetune.data.streaming.
             **kwargs: Data source, tokenizer, batch sizes, workers and cache (see SplitsDataModule).
         """
         super().__init__(model_name_or_path=model_name_or_path, **kwargs)
+        if packing == "padding_free" and (streaming or group_by_length):
+            other = "streaming" if streaming else "group_by_length"
+            why = "a stream never holds" if streaming else "leave no padding for length grouping to save"
+            raise ConfigError(f"data.packing: padding_free packs the cached examples into rows, which {why}; set "
+                              f"data.packing: none, or data.{other}: false")
         has_template = bool(self.tokenizer.chat_template)
         self.chat = prompt_format == "chat" or (prompt_format == "auto" and has_template)
         if self.chat and not has_template:
@@ -218,7 +234,7 @@ class InstructionDataModule(SplitsDataModule):
 
     def encode(self, batch: dict, split: str) -> dict:
         h = self.hparams
-        out = {"input_ids": [], "labels": [], "prompt_length": [], "prompt": [], "truncated": []}
+        out = {"input_ids": [], "labels": [], "length": [], "prompt_length": [], "prompt": [], "truncated": []}
         rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
         for row in rows:
             if self.chat:
@@ -236,6 +252,7 @@ class InstructionDataModule(SplitsDataModule):
                 out["truncated"].append(len(ids) > h.max_length)
                 ids, labels = ids[:h.max_length], labels[:h.max_length]
             out["input_ids"].append(ids)
+            out["length"].append(len(ids))
             out["labels"].append(labels)
             out["prompt_length"].append(min(prompt_length, len(ids)))
             out["prompt"].append(prompt)
@@ -247,7 +264,13 @@ class InstructionDataModule(SplitsDataModule):
         ds = ds.map(self.encode, batched=True, fn_kwargs={"split": split}, desc=f"Tokenizing {split}",
                     remove_columns=[c for c in ds.column_names if c != "example_id"], new_fingerprint=name,
                     num_proc=h.num_proc)
-        counts = {"examples": len(ds), "truncated": int(sum(readers.column(ds, "truncated").to_pylist()))}
+        truncated = readers.column(ds, "truncated").to_pylist()
+        counts = {"examples": len(ds), "truncated": int(sum(truncated))}
+        if counts["truncated"] and h.too_long == "refuse" and split != "predict":
+            row = truncated.index(True)
+            raise DataError(f"{readers.row_location(source, row)}: the example is longer than data.max_length="
+                            f"{h.max_length} tokens ({counts['truncated']} of {len(ds)} {split} examples are); raise "
+                            "data.max_length, or set data.too_long: truncate to cut them at the end")
         if split != "predict":
             keep = [i for i, labels in enumerate(readers.column(ds, "labels").to_pylist())
                     if any(label != IGNORE for label in labels)]
@@ -310,6 +333,21 @@ class InstructionDataModule(SplitsDataModule):
 
     def collator(self, prompts_only: bool = False) -> InstructionCollator:
         return InstructionCollator(self.tokenizer, prompts_only, self.hparams.pad_to_multiple_of)
+
+    @property
+    def packing_key(self) -> str | None:
+        """The setting that packs several examples into a row (its model must keep them apart), if on."""
+        return "data.packing" if self.hparams.packing == "padding_free" else None
+
+    def loader(self, split: str, train: bool = False) -> DataLoader:
+        """Padded batches of examples, or with packing, batches of packed rows."""
+        h = self.hparams
+        if h.packing == "none":
+            return super().loader(split, train)
+        rows = packing.pack_split(self.splits[split], h.max_length, h.seed)
+        rank_zero_info(f"Packed {len(rows.dataset)} {split} examples into {len(rows)} rows of up to {h.max_length} "
+                       f"tokens ({100 * rows.fill:.1f}% full).")
+        return self.dataloader(rows, train, packing.PackedCollator(self.tokenizer.pad_token_id, h.pad_to_multiple_of))
 
     def train_dataloader(self) -> DataLoader:
         if not self.hparams.streaming:

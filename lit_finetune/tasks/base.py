@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
+import shutil
 from pathlib import Path
+from typing import Literal
 
 import lightning.pytorch as pl
 import torch
@@ -24,6 +27,7 @@ from lit_finetune.bounds import (
     plain_hparams,
     settings_dict,
 )
+from lit_finetune.data import packing
 from lit_finetune.distributed import gather_objects
 from lit_finetune.errors import ConfigError
 from lit_finetune.io import atomic_directory
@@ -36,6 +40,7 @@ from lit_finetune.training.lora import LoraSettings, apply_lora, is_lora, merged
 from lit_finetune.training.optim import Schedule, build_scheduler, param_groups
 from lit_finetune.training.sharding import is_sharding, local, shard_task_module
 
+AttnImplementation = Literal["sdpa", "eager", "flash_attention_2", "flex_attention"]
 TASK_KEY = "lit_finetune_task"  # checkpoint entry naming the task class, so `export` needs no config
 BEST_KEY = "lit_finetune_best"  # checkpoint entry: the best validation value so far, which a resume continues
 
@@ -68,6 +73,7 @@ class TaskModule(pl.LightningModule):
     # taken from it on the first build, then saved with the hyperparameters, so a checkpoint needs no data.
     from_data: tuple[str, ...] = ()
     auto_class = None  # the task's Hugging Face Auto class, where one fits (a distillation teacher is read as one)
+    causal_lm = False  # whether the model predicts the next token (a decoder), for packed rows' boundaries
 
     def __init__(
         self,
@@ -86,6 +92,10 @@ class TaskModule(pl.LightningModule):
         config_overrides: dict | None = None,
         lora: LoraSettings | None = None,
         max_bad_steps: NonNegativeInt = 0,
+        gradient_checkpointing: bool = False,
+        attn_implementation: AttnImplementation | None = None,
+        compile: bool = False,
+        compile_backend: str = "inductor",
     ):
         """
         Args:
@@ -114,12 +124,26 @@ class TaskModule(pl.LightningModule):
                 needed to load it) and the adapter alone in ``adapter/``.
             max_bad_steps: Batches whose loss or gradient norm is NaN or inf that may be skipped (no update) before
                 the run stops with an error naming the step (0: stop at the first).
+            gradient_checkpointing: Recompute each Transformer block's activations in the backward pass instead of
+                keeping them (non-reentrant, so it works with LoRA, DDP and FSDP): much less activation memory, about
+                a third more compute per step.
+            attn_implementation: The backbone's attention kernel: ``sdpa`` (PyTorch's fused attention, the default
+                where the model has it), ``eager`` (plain matmuls), ``flash_attention_2`` (the flash-attn package, on
+                a GPU, with fp16/bf16) or ``flex_attention``; null keeps the model's own default.
+            compile: ``torch.compile`` the model for training, after LoRA and sharding (in place, so checkpoints and
+                exports keep their keys). The first steps compile; each new batch shape can recompile, so set
+                data.pad_to_multiple_of (e.g. 64) to bound the shapes.
+            compile_backend: torch.compile's backend: ``inductor`` (generated kernels; needs a C++ compiler on CPU)
+                or e.g. ``aot_eager`` (traces without generating code, to check a model compiles).
         """
         super().__init__()
         if not 0 < layer_lr_decay <= 1:
             raise ConfigError(f"model.layer_lr_decay: expected a factor in (0, 1], got {layer_lr_decay}")
         if lr_cycles < 1:
             raise ConfigError(f"model.lr_cycles: expected a positive number of cycles, got {lr_cycles}")
+        if attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+            raise ConfigError("model.attn_implementation: flash_attention_2 needs the flash-attn package, which is not "
+                              "installed (pip install flash-attn, on a machine with a CUDA GPU); use sdpa")
         lora = settings_dict(lora, LoraSettings, LORA_KEY)
         self.save_hyperparameters(logger=False)  # the CLI logs the run's config, with dotted keys (RunConfig)
         plain_hparams(self)
@@ -146,6 +170,8 @@ class TaskModule(pl.LightningModule):
         h = self.hparams
         if not model_name_or_path:  # config_overrides are this module's backbone's, not a helper model's
             config_overrides = {**(h.config_overrides or {}), **config_overrides}
+        if h.get("attn_implementation"):
+            config_overrides["attn_implementation"] = h.attn_implementation
         return backbones.load_model(model_name_or_path or h.model_name_or_path, model_class, h.trust_remote_code,
                                     pretrained=self.pretrained_weights, tokenizer_name_or_path=h.tokenizer_name_or_path,
                                     **config_overrides)
@@ -165,9 +191,19 @@ class TaskModule(pl.LightningModule):
         if self.model is not None:  # Lightning calls this for every fit/validate/test/predict
             return
         h = self.hparams
+        self.check_speed_settings()
         self.adopt_from_data()
         self.tokenizer = backbones.load_tokenizer(h.model_name_or_path, h.trust_remote_code, h.tokenizer_name_or_path)
         self.model = self.build_model()
+        if h.get("gradient_checkpointing"):
+            if not self.model.supports_gradient_checkpointing:
+                raise ConfigError(f"model.gradient_checkpointing: {type(self.model).__name__} does not support it; "
+                                  "set it false")
+            enable = getattr(self.model, "activation_checkpointing_enable", None)  # its name from transformers 5.2x
+            if enable is not None:
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if h.lora is not None:  # before any checkpoint loads: its keys are the wrapped model's
             self.model = apply_lora(self.model, LoraSettings(**h.lora))
         # from_pretrained returns eval mode, and Lightning keeps submodules' modes: without this, dropout stays off.
@@ -176,6 +212,26 @@ class TaskModule(pl.LightningModule):
             self.distiller.attach(self)
         if is_sharding(self._trainer):  # FSDP2: shards before the optimizer sees the parameters
             shard_task_module(self, self.model, self.device_mesh)
+        if h.get("compile") and self.fitting:  # in place: the state dict keeps its keys
+            self.model.compile(backend=h.compile_backend)
+
+    def check_speed_settings(self) -> None:
+        """Refuse, before any weights are read, speed settings that this machine or run cannot use."""
+        h = self.hparams
+        if self._trainer is None:
+            return
+        device = self.trainer.strategy.root_device.type
+        if h.get("attn_implementation") == "flash_attention_2":
+            if device != "cuda":
+                raise ConfigError(f"model.attn_implementation: flash_attention_2 runs on CUDA GPUs only, and this run "
+                                  f"is on {device}; use sdpa")
+            if not str(self.trainer.precision).startswith(("16", "bf16")):
+                raise ConfigError(f"model.attn_implementation: flash_attention_2 computes in fp16 or bf16, and "
+                                  f"trainer.precision is {self.trainer.precision}; use bf16-mixed")
+        if h.get("compile") and self.fitting and h.compile_backend == "inductor" and device == "cpu" \
+                and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "clang++")):
+            raise ConfigError("model.compile: torch.compile's inductor backend generates C++ on CPU and finds no "
+                              "compiler (g++ or clang++) on PATH; install one, or set model.compile: false")
 
     def adopt_from_data(self) -> None:
         """Write each `from_data` setting into the hyperparameters from the data module, unless the config or a
@@ -311,8 +367,24 @@ class TaskModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_fit_start(self) -> None:
+        key = getattr(self.datamodule, "packing_key", None)
+        if key:
+            self.check_keeps_examples_apart(key)
         if not self.trainer.ckpt_path:  # a resumed run's counts are in its metrics already
             self.log_parameter_counts()
+
+    def check_keeps_examples_apart(self, key: str) -> None:
+        """Refuse packed rows, before training, when this model (with its attention implementation) lets an
+        example's logits depend on the example before it in the row."""
+        with self.trainer.strategy.precision_plugin.forward_context():
+            change = packing.keeps_examples_apart(self.model, self.causal_lm)
+        tolerance = 1e-3 if str(self.trainer.precision) in ("32-true", "32", "64-true") else 5e-2
+        if change > tolerance:
+            implementation = getattr(self.model.config, "_attn_implementation", None)
+            raise ConfigError(f"{key}: {self.hparams.model_name_or_path!r} with attn_implementation "
+                              f"{implementation!r} does not keep packed examples apart (an example's logits change "
+                              f"by {change:.1%} when another precedes it in the row); turn {key} off, or use "
+                              "model.attn_implementation: sdpa")
 
     def on_train_start(self) -> None:
         best = getattr(self, "best", None)  # a task's best validation value so far (a Max/MinMetric)

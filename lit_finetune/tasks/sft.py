@@ -21,6 +21,8 @@ class CausalSFTModule(TaskModule):
     Raises: ConfigError for an encoder-only (BERT-style) or encoder-decoder backbone, before any weights are read.
     """
 
+    causal_lm = True
+
     best_mode = "min"  # the validation loss
 
     def __init__(self, model_name_or_path: str = "smollm2", max_new_tokens: int = 128, **kwargs):

@@ -113,13 +113,15 @@ def test_packaged_smollm2_fine_tunes_on_responses_and_exports_for_pipeline(tmp_p
 
 
 def test_shipped_config_trains_through_the_cli(tmp_path):
+    """With packed rows: they train, validate, and the samples and export come as from padded ones."""
     run_dir = tmp_path / "run"
     files = instruction_files(tmp_path / "data")
     run_cli("fit", "--config", str(CONFIG), "--model.init_args.model_name_or_path=tiny:gpt2",
             "--data.init_args.dataset_name=null", "--data.init_args.messages_column=null",
             *(f"--data.init_args.{key}={path}" for key, path in files.items()), "--data.init_args.id_column=id",
             f"--trainer.default_root_dir={run_dir}", "--trainer.max_steps=1", "--trainer.accelerator=cpu",
-            "--trainer.val_check_interval=1", "--trainer.enable_progress_bar=false")
+            "--trainer.val_check_interval=1", "--trainer.enable_progress_bar=false",
+            "--data.init_args.packing=padding_free")
     assert logged_values(run_dir, "val/loss") and len((run_dir / "samples.jsonl").read_text().splitlines()) == 4
     assert AutoModelForCausalLM.from_pretrained(run_dir / "export").config.model_type == "gpt2"
     [best] = (run_dir / "checkpoints").glob("best-step*.ckpt")

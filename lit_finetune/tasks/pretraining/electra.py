@@ -5,10 +5,12 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.nn.functional as F
 import torchmetrics
 from transformers import ElectraForMaskedLM, ElectraForPreTraining, PreTrainedModel
 
 from lit_finetune.bounds import DecayFactor, OpenFraction, PositiveFloat, Probability
+from lit_finetune.data import packing
 from lit_finetune.errors import ConfigError
 from lit_finetune.tasks.base import PerSplit, TaskModule
 from lit_finetune.tasks.pretraining.masking import mask_tokens, select_tokens
@@ -109,7 +111,7 @@ class ElectraPretrainingModule(TaskModule):
         selected = select_tokens(batch["special_tokens_mask"], None, h.mlm_probability, rng)
         masked, labels = mask_tokens(input_ids, selected, self.tokenizer.mask_token_id, len(self.tokenizer),
                                      h.mask_replace_prob, h.random_replace_prob, rng)
-        out = self.generator(input_ids=masked, attention_mask=batch["attention_mask"], labels=labels)
+        out = self.generator(input_ids=masked, **packing.encoder_inputs(self.generator, batch), labels=labels)
         with torch.no_grad():
             logits = out.logits[selected].float() / h.sampling_temperature
             uniform = torch.rand(logits.shape, generator=self.val_sampling_generator if split == "val" else None,
@@ -124,13 +126,15 @@ class ElectraPretrainingModule(TaskModule):
     def shared_step(self, batch: dict, split: str) -> torch.Tensor:
         generator_loss, replaced = self.replace_tokens(batch, split)
         is_replaced = (replaced != batch["input_ids"]).long()  # sampling the original token counts as original
-        out = self.model(input_ids=replaced, attention_mask=batch["attention_mask"], labels=is_replaced)
-        loss = generator_loss + self.hparams.discriminator_weight * out.loss
+        out = self.model(input_ids=replaced, **packing.encoder_inputs(self.model, batch))
+        # The discriminator's loss over real tokens, as ElectraForPreTraining computes it from a 2D mask.
         active = batch["attention_mask"].bool()
+        discriminator_loss = F.binary_cross_entropy_with_logits(out.logits[active], is_replaced[active].float())
+        loss = generator_loss + self.hparams.discriminator_weight * discriminator_loss
         self.detection[split].update((out.logits.detach() > 0)[active].long(), is_replaced[active])
         on_step = split == "train"
         self.log_dict({f"{split}/loss": loss, f"{split}/generator_loss": generator_loss,
-                       f"{split}/discriminator_loss": out.loss}, on_step=on_step, on_epoch=True,
+                       f"{split}/discriminator_loss": discriminator_loss}, on_step=on_step, on_epoch=True,
                       prog_bar=on_step, batch_size=len(replaced), sync_dist=not on_step)
         return loss
 

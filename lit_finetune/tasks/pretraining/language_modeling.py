@@ -20,6 +20,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 
 from lit_finetune import backbones
 from lit_finetune.bounds import OpenFraction, PositiveFloat, Probability
+from lit_finetune.data import packing
 from lit_finetune.errors import ConfigError
 from lit_finetune.tasks.base import PerSplit, TaskModule
 from lit_finetune.tasks.pretraining.masking import IGNORE, mask_tokens, select_tokens
@@ -65,9 +66,10 @@ class TokenAverages(torch.nn.Module):
 
 def causal_step(module: TaskModule, tokens: TokenAverages, split: str, batch: dict,
                 labels: torch.Tensor) -> torch.Tensor:
-    """The next-token loss of a batch (position t predicts token t + 1), recorded in `tokens` and, in training,
-    logged per step as ``train/loss``."""
-    out = module.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels)
+    """The next-token loss of a batch (position t predicts token t + 1; in packed rows, not across examples),
+    recorded in `tokens` and, in training, logged per step as ``train/loss``."""
+    inputs, labels = packing.causal_inputs(batch, labels)
+    out = module.model(**inputs, labels=labels)
     tokens.record(split, out.logits[:, :-1], labels[:, 1:], out.loss)
     if split == "train":
         module.log("train/loss", out.loss, on_step=True, prog_bar=True, batch_size=len(labels))
@@ -181,7 +183,7 @@ class MaskedLMModule(TaskModule):
         input_ids, labels = self.inputs_and_labels(batch, split)
         if self.pair_acc is not None:
             return self.pair_step(batch, split, input_ids, labels)
-        out = self.model(input_ids=input_ids, attention_mask=batch["attention_mask"], labels=labels)
+        out = self.model(input_ids=input_ids, **packing.encoder_inputs(self.model, batch), labels=labels)
         self.tokens.record(split, out.logits, labels, out.loss)
         if split == "train":
             self.log("train/loss", out.loss, on_step=True, prog_bar=True, batch_size=len(input_ids))
@@ -225,6 +227,8 @@ class CausalLMModule(TaskModule):
     ``val/next_token_acc``. Export: an ``AutoModelForCausalLM`` folder that ``pipeline("text-generation")`` loads.
     Raises: ConfigError for an encoder-only (BERT-style) or encoder-decoder backbone, before any weights are read.
     """
+
+    causal_lm = True
 
     def __init__(self, model_name_or_path: str = "minilm", **kwargs):
         """

@@ -16,8 +16,10 @@ from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 
 from lit_finetune import io
+from lit_finetune.data.base import in_dataset_order
 from lit_finetune.run_folder import RunFolder
 from lit_finetune.tasks.base import export_checkpoint
+from lit_finetune.training import flops
 from lit_finetune.training.samples import record_samples
 from lit_finetune.training.sharding import is_sharding
 
@@ -36,7 +38,8 @@ def flatten_row(row: dict, prefix: str = "") -> dict:
 class PredictionWriter(BasePredictionWriter):
     """Write the predictions of `predict` to a .jsonl, .csv or CoNLL file.
 
-    The rows are those ``predict_step`` returns; under DDP each process writes a file of its own."""
+    The rows are those ``predict_step`` returns, in the order of the data; under DDP each process writes a file of
+    its own."""
 
     def __init__(self, output_file: str | None = None, format: Literal["jsonl", "csv", "conll"] | None = None):
         """
@@ -58,7 +61,7 @@ class PredictionWriter(BasePredictionWriter):
         return path if rank is None else path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
-        rows = [row for batch in predictions for row in batch]
+        rows = in_dataset_order(predictions, batch_indices)
         path = self.path(trainer)
         kind = self.format or {".csv": "csv", ".conll": "conll"}.get(path.suffix, "jsonl")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -224,37 +227,98 @@ class ResponseSamples(GenerationSamples):
 
 
 class Throughput(pl.Callback):
-    """Log training speed and peak memory each epoch.
+    """Log training speed, model FLOPs utilisation (MFU) and peak memory, per window of batches and per epoch.
 
-    Logs training speed and memory each epoch: ``perf/samples_per_s``, ``perf/tokens_per_s`` (non-padding
-    tokens), ``perf/peak_rss_mb`` (this process) and, on a GPU, ``perf/peak_gpu_mb``. Only time spent in training
-    batches counts (not validation, checkpointing or start-up)."""
+    Keys (``_step`` per window of `window` training batches, without it per epoch): ``perf/samples_per_s``,
+    ``perf/tokens_per_s`` (non-padding tokens), ``perf/all_tokens_per_s`` (padding included), ``perf/pad_fraction``,
+    ``perf/mfu`` (the training FLOPs of the non-padding tokens, counted from the model's config, over the device's
+    peak: Lightning's table of GPU peaks in the run's precision, or a matmul measured on CPU), and per epoch
+    ``perf/peak_rss_mb`` (this process) and, on a GPU, ``perf/peak_gpu_mb``. Time runs from a window's first batch
+    to its last, data loading included, validation left out. The device is synchronised once per window, never per
+    batch; token counts stay on the device until then. Each process reports its own device."""
 
-    def __init__(self):
-        self.seconds = 0.0
-        self.samples = 0
-        self.tokens = 0
-        self.batch_started = 0.0
+    def __init__(self, window: int = 50):
+        """
+        Args:
+            window: Training batches per logged window.
+        """
+        self.window = window
+        self.matmul_params, self.shape = 0, (0, 0)  # the model's, for its FLOPs per token
+        self.peak: float | None = None
+        self.started: float | None = None
+        self.window_totals = self.epoch_totals = None
+        self.batches = 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        model = pl_module.model
+        self.matmul_params, self.shape = flops.matmul_parameters(model), flops.model_shape(model.config)
+        self.peak, source = flops.peak_flops(pl_module.device, trainer.precision)
+        if trainer.is_global_zero:
+            peak = f"{self.peak / 1e12:.2f} TFLOP/s ({source})" if self.peak else f"unknown ({source}): no MFU"
+            print(f"Throughput: {self.matmul_params:,} matmul parameters, peak {peak}", flush=True)
+
+    @staticmethod
+    def empty() -> dict:
+        return {"seconds": 0.0, "samples": 0, "slots": 0, "tokens": 0, "flops": 0}
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self.seconds, self.samples, self.tokens = 0.0, 0, 0
+        self.window_totals, self.epoch_totals, self.started, self.batches = self.empty(), self.empty(), None, 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.batch_started = time.perf_counter()
+        if self.started is None:  # the epoch's first batch, or the first after a validation
+            self.started = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if pl_module.device.type == "cuda":
-            torch.cuda.synchronize()
-        self.seconds += time.perf_counter() - self.batch_started
         mask = batch.get("attention_mask", batch["input_ids"])
-        self.samples += len(mask)
-        self.tokens += int(mask.sum()) if "attention_mask" in batch else mask.numel()
+        real = mask.sum() if "attention_mask" in batch else mask.numel()  # stays on the device until the window ends
+        totals = self.window_totals
+        totals["samples"] += len(mask)
+        totals["slots"] += mask.numel()
+        totals["tokens"] = totals["tokens"] + real
+        per_token = flops.training_flops_per_token(self.matmul_params, *self.shape, mask.shape[-1])
+        totals["flops"] = totals["flops"] + real * per_token
+        self.batches += 1
+        if self.batches % self.window == 0:
+            self.close_window(trainer, pl_module, log=True)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.training and self.window_totals is not None:
+            self.close_window(trainer, pl_module, log=False)
+            self.started = None  # validation time is not training time
+
+    def close_window(self, trainer, pl_module, log: bool) -> None:
+        """End the window: one device sync, its rates logged (when `log`) and added to the epoch's."""
+        if self.started is None:
+            return
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        now = time.perf_counter()
+        totals = self.window_totals
+        totals["seconds"] = now - self.started
+        totals["tokens"], totals["flops"] = int(totals["tokens"]), float(totals["flops"])
+        for key, value in totals.items():
+            self.epoch_totals[key] += value
+        if log and totals["seconds"] > 0:
+            metrics = {f"{key}_step": value for key, value in self.rates(totals).items()}
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)
+        self.window_totals, self.started = self.empty(), now
+
+    def rates(self, totals: dict) -> dict:
+        seconds = totals["seconds"]
+        rates = {"perf/samples_per_s": totals["samples"] / seconds, "perf/tokens_per_s": totals["tokens"] / seconds,
+                 "perf/all_tokens_per_s": totals["slots"] / seconds,
+                 "perf/pad_fraction": 1 - totals["tokens"] / max(totals["slots"], 1)}
+        if self.peak:
+            rates["perf/mfu"] = totals["flops"] / seconds / self.peak
+        return rates
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if not self.seconds:
+        self.close_window(trainer, pl_module, log=False)
+        if not self.epoch_totals or not self.epoch_totals["seconds"]:
             return
-        metrics = {"perf/samples_per_s": self.samples / self.seconds, "perf/tokens_per_s": self.tokens / self.seconds,
+        metrics = {**self.rates(self.epoch_totals),
                    "perf/peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
         if pl_module.device.type == "cuda":
-            metrics["perf/peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+            metrics["perf/peak_gpu_mb"] = torch.cuda.max_memory_allocated(pl_module.device) / 2**20
         pl_module.log_dict(metrics)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import datasets
 import lightning.pytorch as pl
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, RandomSampler
@@ -51,6 +53,47 @@ class EpochLengthGrouped(EpochSeeded, LengthGroupedSampler):
     def __init__(self, batch_size: int, lengths: list[int], seed: int):
         super().__init__(batch_size, lengths=lengths, generator=torch.Generator())
         self.seed = seed
+
+
+class LongestFirst(torch.utils.data.Sampler):
+    """Evaluation order: within each run of `chunk` examples, the longest first (ties in dataset order), so each
+    batch pads to little and the first shows at once whether memory suffices, while the data's order holds from
+    chunk to chunk (a run that evaluates its first N batches still sees the data's first examples). Writers put
+    predictions back in dataset order."""
+
+    def __init__(self, lengths: list[int], chunk: int):
+        self.order = [i for start in range(0, len(lengths), chunk)
+                      for i in sorted(range(start, min(start + chunk, len(lengths))), key=lambda i: -lengths[i])]
+
+    def __iter__(self):
+        return iter(self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
+def token_lengths(dataset) -> list[int] | None:
+    """Each example's token count (its ``length`` column, or its ``input_ids``' length, counted by Arrow), or None
+    for data that is not a table of flat token lists (packed rows, multiple-choice lists of choices)."""
+    if not isinstance(dataset, datasets.Dataset) or "input_ids" not in dataset.column_names:
+        return None
+    if "length" in dataset.column_names:
+        return readers.column(dataset, "length").to_pylist()
+    ids = dataset.with_format("arrow")["input_ids"]
+    if not pa.types.is_list(ids.type) or pa.types.is_list(ids.type.value_type):
+        return None
+    return pc.list_value_length(ids).to_pylist()
+
+
+def in_dataset_order(predictions: list, batch_indices: list) -> list:
+    """`predict`'s rows in the order of the predicted data (LongestFirst batches it longest first): rows
+    sorted by the dataset index Lightning recorded for each, where every batch gave one row per example."""
+    rows = [row for batch in predictions for row in batch]
+    batches = batch_indices[0] if batch_indices else []
+    indices = [i for batch in batches for i in batch]
+    if len(batches) != len(predictions) or len(indices) != len(rows):
+        return rows  # the rows are not one per example (or no indices were recorded)
+    return [row for _, row in sorted(zip(indices, rows), key=lambda pair: pair[0])]
 
 
 class _SkipFirst:
@@ -108,7 +151,7 @@ class ResumableLoader(DataLoader):
 # Settings that change how tokenized data is batched, loaded or found, not what it holds (the tokenizer is keyed by
 # its fingerprint, not its name).
 NOT_IN_CACHE_KEY = ("batch_size", "eval_batch_size", "num_workers", "cache_dir", "cache_shared", "model_name_or_path",
-                    "tokenizer_name_or_path", "trust_remote_code")
+                    "tokenizer_name_or_path", "trust_remote_code", "packing")
 
 
 class TokenizedDataModule(pl.LightningDataModule):
@@ -236,15 +279,18 @@ class TokenizedDataModule(pl.LightningDataModule):
         (its examples then carry a ``length``)."""
         ds, sampler = self.splits[split], None
         if train and self.hparams.get("group_by_length"):
-            sampler = EpochLengthGrouped(self.hparams.batch_size, readers.column(ds, "length").to_pylist(),
-                                         self.hparams.seed)
+            seed = self.hparams.get("seed", int(os.environ.get("PL_GLOBAL_SEED", 0)))
+            sampler = EpochLengthGrouped(self.hparams.batch_size, readers.column(ds, "length").to_pylist(), seed)
         return self.dataloader(ds, train, self.collator(), sampler=sampler)
 
     def dataloader(self, dataset, train: bool, collate_fn, sampler=None, drop_last: bool = False) -> DataLoader:
         """Training batches of ``batch_size`` (shuffled by epoch unless a sampler is given) that resume mid-epoch,
-        evaluation ones of ``eval_batch_size``."""
+        evaluation ones of ``eval_batch_size``, longest examples first within runs of 50 batches."""
         if not train:
+            lengths = token_lengths(dataset) if sampler is None else None
             return DataLoader(dataset, batch_size=self.eval_batch_size, drop_last=drop_last, collate_fn=collate_fn,
+                              sampler=sampler or (LongestFirst(lengths, 50 * self.eval_batch_size) if lengths
+                                                  else None),
                               num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0)
         sampler = sampler or EpochShuffle(dataset, int(os.environ.get("PL_GLOBAL_SEED", 0)))
         return ResumableLoader(dataset, batch_size=self.hparams.batch_size, sampler=sampler, drop_last=drop_last,

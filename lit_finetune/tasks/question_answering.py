@@ -12,6 +12,7 @@ from torchmetrics.text import SQuAD
 from transformers import AutoModelForQuestionAnswering, PreTrainedModel
 
 from lit_finetune.bounds import PositiveInt
+from lit_finetune.data.base import in_dataset_order
 from lit_finetune.distributed import gather_objects
 from lit_finetune.io import write_text
 from lit_finetune.run_folder import RunFolder
@@ -196,7 +197,7 @@ class QuestionAnsweringPredictionWriter(BasePredictionWriter):
         self.output_file = output_file
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
-        answers = pl_module.answers([row for batch in predictions for row in batch])
+        answers = pl_module.answers(in_dataset_order(predictions, batch_indices))  # questions in the data's order
         if not trainer.is_global_zero:
             return
         path = Path(self.output_file) if self.output_file else RunFolder.of(trainer).predictions("json")

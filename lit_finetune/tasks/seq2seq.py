@@ -148,8 +148,9 @@ class Seq2SeqModule(TaskModule):
         self.log_scores("test")
 
     def log_samples(self) -> None:
-        """This validation's first generations, appended to samples.jsonl and logged as a W&B table, to watch them
-        improve (like GenerationSamples for causal LMs, but from the batches already generated)."""
+        """This validation's first generations (its first batch: the longest of the first examples), appended to
+        samples.jsonl and logged as a W&B table, to watch them improve (like GenerationSamples for causal LMs, but
+        from the batches already generated)."""
         if self.trainer.is_global_zero:
             record_samples(self.trainer, self.samples[:self.hparams.num_samples])
 

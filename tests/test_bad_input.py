@@ -31,6 +31,8 @@ BUILD_ERRORS = {
     "fsdp on cpu": (["--trainer.strategy=fsdp"], "trainer.strategy: fsdp needs GPUs; on CPU use trainer.strategy=ddp"),
     "fsdp config without gpus": (["--config", str(REPO / "configs/strategies/fsdp.yaml")],
                                  "sharding.FSDPBlocksStrategy needs GPUs and finds none; on CPU use"),
+    "flash attention without its package": (["--model.init_args.attn_implementation=flash_attention_2"],
+                                            "model.attn_implementation: flash_attention_2 needs the flash-attn"),
 }
 
 
@@ -45,6 +47,9 @@ def test_errors_while_building_modules_are_one_line(case, capsys, tmp_path, tiny
 @pytest.mark.parametrize("config, extra, expected", [
     ("qa/squad.yaml", ["--data.init_args.doc_stride=500", "--data.init_args.max_length=64"], "data.doc_stride: got 500"),
     ("pretrain/mlm.yaml", ["--data.init_args.max_length=2"], "data.max_length: 2 leaves"),
+    ("sft/smollm2_instructions.yaml", ["--model.init_args.model_name_or_path=tiny:gpt2",
+                                       "--data.init_args.packing=padding_free", "--data.init_args.group_by_length=true"],
+     "data.packing: padding_free packs the cached examples into rows, which leave no padding for length grouping"),
 ])
 def test_settings_that_cannot_work_for_a_task_are_one_line(config, extra, expected, capsys, tmp_path):
     args = ["fit", "--config", str(REPO / "configs" / config), "--model.init_args.model_name_or_path=tiny:bert",

@@ -39,6 +39,8 @@ class QuestionAnsweringCollator:
     def __call__(self, features: list[dict]) -> dict:
         lists = {key: [f.pop(key) for f in features] for key in PASSED_THROUGH if key in features[0]}
         offsets = [f.pop("offset_mapping") for f in features] if "offset_mapping" in features[0] else None
+        for f in features:
+            f.pop("length", None)
         batch = self.pad(features)
         if offsets is not None:
             padded = torch.full((len(offsets), batch["input_ids"].shape[1], 2), -1, dtype=torch.long)
@@ -126,6 +128,7 @@ class QuestionAnsweringDataModule(SplitsDataModule):
         doc_stride: PositiveInt = 128,
         max_question_length: PositiveInt = 64,
         max_bad_answer_fraction: Probability = 0.01,
+        group_by_length: bool = False,
         **kwargs,
     ):
         """
@@ -137,6 +140,7 @@ class QuestionAnsweringDataModule(SplitsDataModule):
             max_question_length: Questions longer than this many tokens are cut (and counted in the log).
             max_bad_answer_fraction: Share of answers whose ``answer_start`` does not point at their text that is
                 fixed (moved to the nearest occurrence) with a warning; more than this is an error.
+            group_by_length: Sample training batches of windows of similar length (less padding).
             **kwargs: Data source, tokenizer, batch sizes, workers and cache (see SplitsDataModule).
         """
         super().__init__(model_name_or_path=model_name_or_path, **kwargs)
@@ -260,6 +264,7 @@ class QuestionAnsweringDataModule(SplitsDataModule):
         enc = self.tokenizer(batch["question"], batch["context"], truncation="only_second", max_length=h.max_length,
                              stride=h.doc_stride, return_overflowing_tokens=True, return_offsets_mapping=True)
         out = {k: enc[k] for k in self.tokenizer.model_input_names if k in enc}
+        out["length"] = [len(ids) for ids in enc["input_ids"]]
         out.update({k: [] for k in (["start_positions", "end_positions"] if labeled else [])
                     + (["example_id", "offset_mapping", "context"] if evaluation else [])
                     + (["answers"] if labeled and evaluation else [])})

@@ -32,6 +32,8 @@ class TokenClassificationCollator:
 
     def __call__(self, features: list[dict]) -> dict:
         passed = {key: [f.pop(key) for f in features] for key in ("example_id", "tokens", "word_starts")}
+        for f in features:
+            f.pop("length", None)
         batch = self.pad(features)
         starts = torch.zeros_like(batch["input_ids"])
         for row, flags in zip(starts, passed.pop("word_starts")):
@@ -61,6 +63,7 @@ class TokenClassificationDataModule(SplitsDataModule):
         label_subwords: Literal["first", "all"] = "first",
         max_length: PositiveInt = 256,
         pad_to_multiple_of: PositiveInt | None = None,
+        group_by_length: bool = False,
         **kwargs,
     ):
         """
@@ -78,6 +81,7 @@ class TokenClassificationDataModule(SplitsDataModule):
             max_length: Longest tokenized sentence; words past it are counted, left out of metrics and tagged O
                 in predictions.
             pad_to_multiple_of: Pad batch length to a multiple of this (8 helps tensor cores on GPU).
+            group_by_length: Sample training batches of sentences of similar length (less padding, faster epochs).
             **kwargs: Data source, tokenizer, batch sizes, workers and cache (see SplitsDataModule).
         """
         super().__init__(model_name_or_path=model_name_or_path, **kwargs)
@@ -176,7 +180,8 @@ class TokenClassificationDataModule(SplitsDataModule):
             labels.append(row_labels)
             starts.append(row_starts)
             dropped.append(len(word_tags) - sum(row_starts))
-        return {**enc, "labels": labels, "word_starts": starts, "dropped_words": dropped}
+        return {**enc, "labels": labels, "word_starts": starts, "dropped_words": dropped,
+                "length": [len(ids) for ids in enc["input_ids"]]}
 
     def build_splits(self, fingerprint: str) -> tuple[dict, dict]:
         """Read, check and tokenize every split: the splits to cache and their metadata."""

@@ -5,8 +5,9 @@ and the settings that cannot run here, refused before training."""
 import lightning.pytorch as pl
 import pytest
 import torch
-from helpers import write_rows
+from helpers import metrics_rows, tiny_args, write_rows
 
+from lit_finetune.commands.fit import LitFinetuneCLI
 from lit_finetune.data.instructions import InstructionDataModule
 from lit_finetune.errors import ConfigError
 from lit_finetune.tasks.sft import CausalSFTModule
@@ -109,3 +110,58 @@ def test_compile_without_a_cpu_compiler_is_refused_before_the_model_loads(tmp_pa
     with pytest.raises(ConfigError, match="model.compile: torch.compile's inductor backend .* no compiler"):
         trainer.fit(module, datamodule=dm)
     assert module.model is None and not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_accumulated_batches_size_the_schedule_in_optimizer_steps(tmp_path, tiny_data):
+    """8 batches an epoch, 2 epochs, 2 batches per optimizer step: 8 steps, and the linear schedule reaches zero on
+    the last of them (sized on 16 batches, it would stop halfway down)."""
+    cli = LitFinetuneCLI(args=["fit", *tiny_args(tiny_data, tmp_path / "run", "--trainer.accumulate_grad_batches=2",
+                                                  "--model.init_args.lr_scheduler=linear",
+                                                  "--trainer.logger=lit_finetune.training.loggers.RunCSVLogger",
+                                                  "--data.init_args.test_file=null")])
+    assert cli.trainer.global_step == 8 and cli.trainer.estimated_stepping_batches == 8
+    assert cli.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_throughput_reports_pad_fraction_and_mfu_per_window_and_epoch(tmp_path):
+    """Padded and packed batches of the same examples: the packed ones carry less padding, and the logged rates
+    agree with each other (non-pad tokens = all tokens x (1 - pad fraction)); MFU is a fraction of the peak."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    from lit_finetune.callbacks import Throughput
+
+    rows = [{"prompt": "what colour is " * (1 + i % 9), "response": "it is " * (1 + i % 4)} for i in range(32)]
+    files = {"train_file": str(write_rows(tmp_path / "train.jsonl", rows)),
+             "validation_file": str(write_rows(tmp_path / "val.jsonl", rows[:4]))}
+    pad = {}
+    for packing in ("none", "padding_free"):
+        run_dir = tmp_path / packing
+        dm = InstructionDataModule("tiny:llama", **files, batch_size=4, max_length=48, packing=packing,
+                                   cache_dir=str(tmp_path / "cache"))
+        trainer = pl.Trainer(default_root_dir=run_dir, accelerator="cpu", max_epochs=1, enable_progress_bar=False,
+                             logger=CSVLogger(run_dir, name="", version=""), callbacks=[Throughput(window=1)],
+                             enable_checkpointing=False, num_sanity_val_steps=0, log_every_n_steps=1)
+        trainer.fit(CausalSFTModule("tiny:llama"), datamodule=dm)
+        windows = [r for r in metrics_rows(run_dir) if r.get("perf/mfu_step")]
+        [epoch] = [r for r in metrics_rows(run_dir) if r.get("perf/mfu")]
+        assert len(windows) >= 2 and all(0 < float(r["perf/mfu_step"]) < 1 for r in windows)
+        tokens, everything = float(epoch["perf/tokens_per_s"]), float(epoch["perf/all_tokens_per_s"])
+        pad[packing] = float(epoch["perf/pad_fraction"])
+        assert tokens == pytest.approx(everything * (1 - pad[packing]), rel=1e-6) and 0 < float(epoch["perf/mfu"]) < 1
+        assert float(epoch["perf/peak_rss_mb"]) > 100
+    assert pad["padding_free"] < pad["none"] / 2
+
+
+def test_training_flops_count_matmul_weights_once_and_attention_by_length():
+    from transformers import AutoModelForCausalLM
+
+    from lit_finetune.backbones import load_model
+    from lit_finetune.training import flops
+
+    model = load_model("tiny:gpt2", AutoModelForCausalLM)
+    wpe = model.transformer.wpe.weight.numel()  # the position table is a lookup; the tied wte is the output matmul
+    assert flops.matmul_parameters(model) == sum(p.numel() for p in model.parameters()) - wpe
+    layers, hidden = flops.model_shape(model.config)
+    assert (layers, hidden) == (model.config.n_layer, model.config.n_embd)
+    assert flops.training_flops_per_token(1000, 2, 64, 128) == 6 * 1000 + 12 * 2 * 64 * 128
+    assert flops.measured_cpu_peak() > 1e9  # any CPU of this decade does a GFLOP/s of fp32 matmul

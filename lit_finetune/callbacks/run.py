@@ -14,6 +14,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.trainer.states import TrainerFn
 
 from lit_finetune import io
 from lit_finetune.data.base import in_dataset_order
@@ -282,7 +283,7 @@ class Throughput(pl.Callback):
             self.close_window(trainer, pl_module, log=True)
 
     def on_validation_start(self, trainer, pl_module) -> None:
-        if trainer.training and self.window_totals is not None:
+        if trainer.state.fn == TrainerFn.FITTING and self.window_totals is not None:
             self.close_window(trainer, pl_module, log=False)
             self.started = None  # validation time is not training time
 

@@ -1,4 +1,4 @@
-"""Shared fixtures (offline settings, small data files) and the order in which the slowest tests are scheduled."""
+"""Shared fixtures: offline settings and small data files."""
 
 from __future__ import annotations
 
@@ -41,14 +41,3 @@ def offline(monkeypatch, tmp_path_factory):
 def tiny_data(tmp_path) -> dict[str, Path]:
     """train / validation / test CSVs with string labels (64 / 32 / 16 rows)."""
     return tiny_splits(tmp_path / "data")
-
-
-# The modules whose tests take longest (multi-process runs, sweeps, the packaged models): scheduled first, so the
-# parallel workers do not end with one of them running alone while the other worker idles.
-SLOW_FIRST = ("test_faults.py", "test_local_sweep.py", "test_sharding.py", "test_streaming.py", "test_sft.py",
-              "test_cli.py", "test_pretraining.py")
-
-
-def pytest_collection_modifyitems(items) -> None:
-    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))  # stable: each module keeps its order

@@ -125,8 +125,8 @@ class TaskModule(pl.LightningModule):
             max_bad_steps: Batches whose loss or gradient norm is NaN or inf that may be skipped (no update) before
                 the run stops with an error naming the step (0: stop at the first).
             gradient_checkpointing: Recompute each Transformer block's activations in the backward pass instead of
-                keeping them (non-reentrant, so it works with LoRA, DDP and FSDP): much less activation memory, about
-                a third more compute per step.
+                keeping them (non-reentrant, so it works with LoRA, DDP and FSDP): much less activation memory for
+                one more forward pass of the blocks per step (BENCHMARKS.md: peak RSS 0.7x for SmolLM2 SFT).
             attn_implementation: The backbone's attention kernel: ``sdpa`` (PyTorch's fused attention, the default
                 where the model has it), ``eager`` (plain matmuls), ``flash_attention_2`` (the flash-attn package, on
                 a GPU, with fp16/bf16) or ``flex_attention``; null keeps the model's own default.

@@ -222,23 +222,25 @@ class CorpusDataModule(TokenizedDataModule):
         """Tokenize a batch of documents, join them with the separator and cut full blocks (the tail is dropped,
         as in transformers' run_mlm / run_clm; a split shorter than one block keeps its only, short block)."""
         enc = self.tokenizer(batch["text"], add_special_tokens=False)
+        boundaries = self.hparams.respect_document_boundaries
         ids, starts, documents = [], [], []
         for doc_ids, encoding in zip(enc["input_ids"], enc.encodings):
             words = encoding.word_ids
-            documents += [True] + [False] * len(doc_ids)  # the separator ends its document
+            if boundaries:
+                documents += [True] + [False] * len(doc_ids)  # the separator ends its document
             ids += doc_ids + [self.separator_id]
             starts += [i == 0 or words[i] != words[i - 1] for i in range(len(doc_ids))] + [False]
         n, prefix, suffix = self.block_body, self.block_prefix, self.block_suffix
         special = set(self.tokenizer.all_special_ids)
         out = {"input_ids": [], "special_tokens_mask": [], "word_starts": []}
-        if self.hparams.respect_document_boundaries:
+        if boundaries:
             out["document_starts"] = []
         for b in range(max(len(ids) // n, 1)):
             block = prefix + ids[b * n:(b + 1) * n] + suffix
             out["input_ids"].append(block)
             out["special_tokens_mask"].append([int(t in special) for t in block])
             out["word_starts"].append([False] * len(prefix) + starts[b * n:(b + 1) * n] + [False] * len(suffix))
-            if "document_starts" in out:  # a block's first document goes on from its prefix
+            if boundaries:  # a block's first document goes on from its prefix
                 body = documents[b * n:(b + 1) * n]
                 out["document_starts"].append([False] * (len(prefix) + 1) + body[1:] + [False] * len(suffix))
         return out

@@ -22,10 +22,9 @@ from transformers import DataCollatorForSeq2Seq
 from lit_finetune.bounds import OpenFraction, PositiveInt
 from lit_finetune.data import packing, readers, streaming
 from lit_finetune.data.base import SplitsDataModule
-from lit_finetune.data.packing import Packing
+from lit_finetune.data.packing import IGNORE, Packing
 from lit_finetune.errors import ConfigError, DataError
 
-IGNORE = -100  # label of tokens outside the loss (transformers' convention)
 PromptFormat = Literal["auto", "chat", "plain"]
 TooLong = Literal["truncate", "refuse"]
 

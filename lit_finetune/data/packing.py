@@ -16,7 +16,9 @@ from typing import Literal
 import torch
 from transformers.masking_utils import create_bidirectional_mask, packed_sequence_mask_function
 
-IGNORE = -100
+from lit_finetune.data.base import token_lengths
+
+IGNORE = -100  # label of tokens outside the loss (transformers' convention)
 Packing = Literal["none", "padding_free"]
 
 
@@ -80,8 +82,7 @@ class PackedRows(torch.utils.data.Dataset):
 
 def pack_split(dataset, max_length: int, seed: int) -> PackedRows:
     """`dataset` (examples of at most `max_length` tokens) packed into rows by first-fit-decreasing."""
-    lengths = dataset["length"] if "length" in dataset.column_names else [len(ids) for ids in dataset["input_ids"]]
-    lengths = list(lengths)
+    lengths = token_lengths(dataset)
     return PackedRows(dataset, first_fit_decreasing(lengths, max_length, seed), lengths, max_length)
 
 

@@ -3,7 +3,6 @@ never of a non-finite model (the check is here; RunCheckpoint decides when to sa
 
 from __future__ import annotations
 
-import io
 import pickle
 import zipfile
 from pathlib import Path
@@ -11,9 +10,6 @@ from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from torch.distributed.checkpoint import FileSystemReader
-from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
-from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
 from lit_finetune import io as lf_io
 from lit_finetune.errors import LitFinetuneError
@@ -66,6 +62,10 @@ def consolidated_weights(folder: Path) -> dict:
     """The full model state dict of a sharded checkpoint folder, read in this one process without a process group
     (torch.distributed.checkpoint's offline reader, as Lightning's own consolidation uses); the optimizer's shards
     are left unread."""
+    from torch.distributed.checkpoint import FileSystemReader  # noqa: PLC0415  (only sharded runs need it)
+    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner  # noqa: PLC0415
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict  # noqa: PLC0415
+
     checkpoint: dict = {}
     try:
         _load_state_dict(checkpoint, storage_reader=FileSystemReader(folder),
@@ -87,10 +87,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     half-written), and read without running code."""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
-        buffer = io.BytesIO()  # serialized first, so a full disk is an OSError of the write, not torch's
-        torch.save(checkpoint, buffer)
+        # Streamed into the file, not serialized in memory first: a second copy of the weights and optimizer
+        # state would be the run's peak memory (Lightning's own save buffers the whole checkpoint).
         with lf_io.atomic_file(path, "wb") as f:
-            f.write(buffer.getbuffer())
+            try:
+                torch.save(checkpoint, f)
+            except RuntimeError as err:  # torch reports a failed write as its own error, the OSError as its context
+                if isinstance(err.__context__, OSError):
+                    raise err.__context__ from err
+                raise
 
     def load_checkpoint(self, path, map_location=lambda storage, loc: storage, weights_only=None) -> dict:
         return read_checkpoint(path, map_location)

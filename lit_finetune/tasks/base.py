@@ -306,6 +306,12 @@ class TaskModule(pl.LightningModule):
         for p in (p for group in optimizer.param_groups for p in group["params"]):
             p.grad = None  # AdamW leaves parameters without a gradient as they are
 
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
+        """Lightning's step, then the gradients freed at once: Lightning zeroes them only after the next batch's
+        forward, so they would sit beside its activations (a copy of the weights more at the run's peak)."""
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        optimizer.zero_grad(set_to_none=True)
+
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self.shared_step(batch, "val")
 

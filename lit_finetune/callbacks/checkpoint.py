@@ -65,6 +65,7 @@ class RunCheckpoint(ModelCheckpoint):
         self.exit_pending = False  # saved after a signal; exit at the next step's start
         self.previous_handlers: dict[int, Any] = {}
         self.fit_started = time.time()
+        self.saved_at_step: dict[str, int] = {}  # file written in this process -> the global step it holds
 
     # ----------------------------------------------------------------------------------------------------------- #
     # last.ckpt, always the latest state
@@ -88,6 +89,7 @@ class RunCheckpoint(ModelCheckpoint):
         for logger in trainer.loggers:
             logger.save()
         super()._save_checkpoint(trainer, filepath)
+        self.saved_at_step[filepath] = trainer.global_step
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module) -> None:
         super().on_validation_end(trainer, pl_module)

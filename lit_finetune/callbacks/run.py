@@ -99,15 +99,22 @@ class ExportBestModel(pl.Callback):
         best = trainer.checkpoint_callback.best_model_path if isinstance(trainer.checkpoint_callback,
                                                                          ModelCheckpoint) else ""
         if trainer.is_global_zero:
-            if best:
+            if best and not holds_the_weights_in_memory(trainer, best):
                 export_checkpoint(best, str(output_dir))
-            else:
+            else:  # no second copy of the model when the one in memory is the best
                 pl_module.export(output_dir)
             for logger in trainer.loggers:
                 if isinstance(logger, WandbLogger) and logger._log_model:  # Lightning keeps the flag private
                     log_export_artifact(logger, output_dir, trainer.checkpoint_callback)
         trainer.strategy.barrier("export")
         self.exported_to = output_dir
+
+
+def holds_the_weights_in_memory(trainer: pl.Trainer, checkpoint_path: str) -> bool:
+    """Whether this single process's model is the one `checkpoint_path` holds: written by this run at its last
+    step (a sharded or replicated model is exported from the checkpoint, whose weights are whole)."""
+    saved_at_step = getattr(trainer.checkpoint_callback, "saved_at_step", {})
+    return trainer.world_size == 1 and saved_at_step.get(checkpoint_path) == trainer.global_step
 
 
 def log_export_artifact(logger: WandbLogger, folder: Path, checkpoint: ModelCheckpoint | None) -> None:

@@ -6,7 +6,6 @@ All scores are on a 0-100 scale, as sacrebleu and most papers report them.
 
 from __future__ import annotations
 
-import sacrebleu
 import torch
 import torchmetrics
 
@@ -28,6 +27,8 @@ def check_lengths(predictions: list[str], references: list[str]) -> None:
 
 def corpus_bleu(predictions: list[str], references: list[str], tokenize: str = "13a") -> float:
     """sacrebleu's corpus BLEU with one reference per prediction (its default 13a tokenization, cased)."""
+    import sacrebleu  # noqa: PLC0415  (imported where used, like rouge_score: every command's start-up pays otherwise)
+
     check_lengths(predictions, references)
     return sacrebleu.corpus_bleu(predictions, [references], tokenize=tokenize).score
 
@@ -57,6 +58,8 @@ class GenerationScores(torchmetrics.Metric):
 
     def __init__(self, tokenize: str = "13a", use_stemmer: bool = True, **kwargs):
         super().__init__(**kwargs)
+        import sacrebleu  # noqa: PLC0415
+
         # Per-sentence statistics only; the corpus score is computed from their sums.
         self.bleu = sacrebleu.BLEU(tokenize=tokenize, effective_order=True)
         self.scorer = rouge_scorer(use_stemmer)
@@ -80,7 +83,7 @@ class GenerationScores(torchmetrics.Metric):
 
     def compute(self) -> dict[str, torch.Tensor]:
         stats = self.bleu_stats.tolist()
-        bleu = sacrebleu.BLEU.compute_bleu(correct=stats[2:2 + BLEU_ORDER], total=stats[2 + BLEU_ORDER:],
+        bleu = type(self.bleu).compute_bleu(correct=stats[2:2 + BLEU_ORDER], total=stats[2 + BLEU_ORDER:],
                                            sys_len=stats[0], ref_len=stats[1], smooth_method="exp").score
         rouge_means = 100 * self.rouge_f1 / self.pairs.clamp(min=1)
         return {"bleu": torch.tensor(bleu, device=self.device),

@@ -6,8 +6,6 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from seqeval import scheme as seqeval_schemes
-from seqeval.metrics import classification_report
 from transformers import AutoModelForTokenClassification, PreTrainedModel
 
 from lit_finetune.bounds import Fraction, settings_dict
@@ -17,7 +15,7 @@ from lit_finetune.tasks.base import TaskModule
 from lit_finetune.tasks.crf import CRF
 from lit_finetune.tasks.distillation import DistillationSettings, Distiller, blended_loss, student_outputs
 
-SEQEVAL_SCHEMES = {"IOB1": seqeval_schemes.IOB1, "IOB2": seqeval_schemes.IOB2, "BIOES": seqeval_schemes.IOBES}
+SEQEVAL_SCHEMES = {"IOB1": "IOB1", "IOB2": "IOB2", "BIOES": "IOBES"}  # our scheme names -> seqeval's classes
 CRF_FILE = "crf.safetensors"  # the CRF's scores beside an export (transformers' pipeline ignores the file)
 
 
@@ -33,7 +31,11 @@ def words_first(values: torch.Tensor, word_starts: torch.Tensor) -> tuple[torch.
 def entity_scores(gold: list[list[str]], predicted: list[list[str]], scheme: TagScheme, strict: bool) -> dict:
     """Entity-level precision, recall and F1 (micro over all entities, and F1 per type), as seqeval computes them:
     conlleval's rules by default, or only entities that are exactly right under the scheme with `strict`."""
-    kwargs = dict(mode="strict", scheme=SEQEVAL_SCHEMES[scheme]) if strict else {}
+    # seqeval (and scikit-learn under it) is imported here, not by every command that imports the tasks
+    from seqeval import scheme as seqeval_schemes  # noqa: PLC0415
+    from seqeval.metrics import classification_report  # noqa: PLC0415
+
+    kwargs = dict(mode="strict", scheme=getattr(seqeval_schemes, SEQEVAL_SCHEMES[scheme])) if strict else {}
     report = classification_report(gold, predicted, output_dict=True, zero_division=0, **kwargs)
     micro = report.pop("micro avg")
     scores = {"precision": micro["precision"], "recall": micro["recall"], "f1": micro["f1-score"]}

@@ -10,6 +10,7 @@ import resource
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from importlib.metadata import version
 
@@ -18,6 +19,59 @@ RESULT_PREFIX = "BENCHMARK_RESULT "  # marks the child's JSON line among the fra
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
+
+
+def rss_now_mib() -> dict[str, float]:
+    """Resident memory now, split into anonymous (heap, tensors) and file-backed (libraries, memory-mapped files)."""
+    fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    return {key: int(fields[key].split()[0]) / 1024 for key in ("VmRSS", "RssAnon", "RssFile")}
+
+
+class MemoryTimeline:
+    """Where a child's memory goes: a sampling thread (every `interval` s) records the resident memory of each phase
+    the child marks (imports, setup, training, after training), so two systems' peaks can be compared phase by
+    phase. Started when this module is imported, so the first phase is the framework's imports."""
+
+    def __init__(self, interval: float = 0.05):
+        self.interval = interval
+        self.phases: list[dict] = []
+        self.lock = threading.Lock()
+        self.mark("imports")
+        threading.Thread(target=self.sample_forever, daemon=True).start()
+
+    def mark(self, phase: str) -> None:
+        """Start a phase: later samples count towards it."""
+        now = rss_now_mib()
+        with self.lock:
+            self.phases.append(dict(phase=phase, start_mib=now["VmRSS"], peak_mib=now["VmRSS"],
+                                    anon_at_peak_mib=now["RssAnon"], file_at_peak_mib=now["RssFile"],
+                                    started_s=time.perf_counter()))
+
+    def sample_forever(self) -> None:
+        while True:
+            self.sample()
+            time.sleep(self.interval)
+
+    def sample(self) -> None:
+        now = rss_now_mib()
+        with self.lock:
+            phase = self.phases[-1]
+            if now["VmRSS"] > phase["peak_mib"]:
+                phase.update(peak_mib=now["VmRSS"], anon_at_peak_mib=now["RssAnon"], file_at_peak_mib=now["RssFile"])
+
+    def report(self) -> list[dict]:
+        self.sample()
+        with self.lock:
+            return [dict(p, seconds=round(later - p["started_s"], 1))
+                    for p, later in zip(self.phases, [q["started_s"] for q in self.phases[1:]] + [time.perf_counter()])]
+
+
+TIMELINE = MemoryTimeline() if os.path.exists("/proc/self/status") else None
+
+
+def mark_phase(phase: str) -> None:
+    if TIMELINE is not None:
+        TIMELINE.mark(phase)
 
 
 def minilm_path() -> str:
@@ -35,10 +89,19 @@ class StepClock:
     last_end: float | None = None
     steps: int = 0
     train_peak_rss_mib: float = 0.0
+    eval_s: float = 0.0  # time spent in evaluation passes (sanity checks excluded)
+    eval_started: float | None = None
+
+    def eval_begin(self) -> None:
+        self.eval_started = time.perf_counter()
+
+    def eval_end(self) -> None:
+        self.eval_s += time.perf_counter() - self.eval_started
 
     def begin(self) -> None:
         if self.first_start is None:
             self.first_start = time.perf_counter()
+            mark_phase("training")
 
     def end(self) -> None:
         self.last_end = time.perf_counter()
@@ -61,6 +124,17 @@ def lightning_clock():
         def on_train_batch_end(self, *_) -> None:
             self.end()
 
+        def on_train_end(self, *_) -> None:
+            mark_phase("after training")
+
+        def on_validation_start(self, trainer, *_) -> None:
+            if not trainer.sanity_checking:
+                self.eval_begin()
+
+        def on_validation_end(self, trainer, *_) -> None:
+            if not trainer.sanity_checking:
+                self.eval_end()
+
     LitStepClock.__qualname__ = LitStepClock.__name__
     sys.modules["__main__"].LitStepClock = LitStepClock
     return LitStepClock
@@ -77,6 +151,9 @@ def hf_clock():
         def on_step_end(self, *_, **__) -> None:
             self.end()
 
+        def on_train_end(self, *_, **__) -> None:
+            mark_phase("after training")
+
     return HFStepClock()
 
 
@@ -86,10 +163,12 @@ def emit_result(started: float, clock: StepClock, samples: int, **result) -> Non
     import torch
 
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    result.update(train_steps=clock.steps, train_s=clock.seconds, samples_per_s=samples / clock.seconds,
+    result.update(train_steps=clock.steps, train_s=clock.seconds, eval_s=clock.eval_s,
+                  samples_per_s=samples / clock.seconds,
                   peak_rss_mib=peak_rss_mib(), train_peak_rss_mib=clock.train_peak_rss_mib,
                   wall_s=time.perf_counter() - started, cpu_s=usage.ru_utime + usage.ru_stime,
-                  torch_threads=torch.get_num_threads(), load_1m=os.getloadavg()[0])
+                  torch_threads=torch.get_num_threads(), load_1m=os.getloadavg()[0],
+                  memory_phases=TIMELINE.report() if TIMELINE is not None else [])
     print(RESULT_PREFIX + json.dumps(result), flush=True)
 
 
@@ -106,6 +185,17 @@ def run_child(script: str, system: str, label: str, run_dir, *extra_args: str) -
     if proc.returncode or not results:
         sys.exit(f"{system} run failed (exit code {proc.returncode}); see its output above")
     return json.loads(results[-1])
+
+
+def memory_phase_table(rows: list[dict], label) -> list[str]:
+    """Markdown: each system's resident memory phase by phase (start, peak, and the peak's anonymous / file split)."""
+    lines = ["| system | phase | s | RSS at start MiB | peak MiB | anon / file at peak MiB |",
+             "|---|---|---|---|---|---|"]
+    for row in rows:
+        for p in row.get("memory_phases", []):
+            lines.append(f"| {label(row)} | {p['phase']} | {p['seconds']:.0f} | {p['start_mib']:.0f} | "
+                         f"{p['peak_mib']:.0f} | {p['anon_at_peak_mib']:.0f} / {p['file_at_peak_mib']:.0f} |")
+    return lines
 
 
 def machine_info() -> dict:

@@ -30,6 +30,8 @@ from common import (
     hf_clock,
     lightning_clock,
     machine_line,
+    mark_phase,
+    memory_phase_table,
     minilm_path,
     new_report,
     run_child,
@@ -93,6 +95,7 @@ def run_lit(args: argparse.Namespace, hp: dict) -> None:
     from lit_finetune.commands import default_wandb_mode
     from lit_finetune.commands.fit import LitFinetuneCLI
 
+    mark_phase("setup")  # reading and tokenizing the data, loading the model, until the first training step
     LitStepClock = lightning_clock()  # the CLI instantiates it from its class path
     default_wandb_mode()  # as the `lit-finetune` command does
     cli = LitFinetuneCLI(args=[
@@ -129,6 +132,7 @@ def run_hf(args: argparse.Namespace, hp: dict) -> None:
         set_seed,
     )
 
+    mark_phase("setup")
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
 
     def split(name: str, limit: int | None = None) -> Dataset:
@@ -153,7 +157,10 @@ def run_hf(args: argparse.Namespace, hp: dict) -> None:
                       data_collator=DataCollatorWithPadding(tokenizer), callbacks=[clock],
                       compute_metrics=lambda p: {"accuracy": float(np.mean(p.predictions.argmax(-1) == p.label_ids))})
     trainer.train()
-    finish("hf", clock, len(train), hp["epochs"], trainer.evaluate()["eval_accuracy"])
+    clock.eval_begin()
+    accuracy = trainer.evaluate()["eval_accuracy"]
+    clock.eval_end()
+    finish("hf", clock, len(train), hp["epochs"], accuracy)
 
 
 # --------------------------------------------------------------------------------------------------------------- #
@@ -170,17 +177,20 @@ def count_train_tokens(limit: int | None, max_length: int) -> int:
 
 
 def markdown(rows: list[dict], ratios: dict, report: dict) -> str:
-    header = ["system", "dev acc", "train time s", "samples/s", "non-pad tokens/s", "peak RSS MiB", "wall s"]
+    header = ["system", "dev acc", "train time s", "samples/s", "non-pad tokens/s", "dev eval s", "peak RSS MiB",
+              "wall s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         lines.append(f"| {SYSTEMS[r['system']]} | {r['dev_acc']:.4f} | {r['train_s']:.1f} | {r['samples_per_s']:.1f} "
-                     f"| {r['tokens_per_s']:.0f} | {r['peak_rss_mib']:.0f} | {r['wall_s']:.1f} |")
+                     f"| {r['tokens_per_s']:.0f} | {r['eval_s']:.1f} | {r['peak_rss_mib']:.0f} | {r['wall_s']:.1f} |")
     lines.append("")
     lines += [f"- {name}: {value:.3f}" for name, value in ratios.items()]
     lines += [f"- {SYSTEMS[r['system']]}: peak RSS {r['train_peak_rss_mib']:.0f} MiB by the end of training (before "
               f"evaluation, checkpoints, export); CPU {r['cpu_s']:.0f} s on {r['torch_threads']} torch threads; "
               f"1-min load average {r['load_1m']:.1f} at its end" for r in rows]
-    lines += [f"- command: `{report['command']}`", f"- date: {report['date']}",
+    lines += ["", "Resident memory phase by phase (sampled every 50 ms):", ""]
+    lines += memory_phase_table(rows, lambda r: SYSTEMS[r["system"]])
+    lines += ["", f"- command: `{report['command']}`", f"- date: {report['date']}",
               f"- machine: {machine_line(report['machine'])}",
               f"- recipe: {report['recipe']}; {report['train_examples']} training examples, "
               f"{report['train_tokens_per_epoch']} non-pad tokens per epoch"]
@@ -195,16 +205,25 @@ def main() -> None:
         {"lit": run_lit, "hf": run_hf}[args.run](args, hp)
         return
     run_dir = Path(args.run_dir or f"runs/benchmarks/sst2-{datetime.now():%Y%m%d-%H%M%S}")
-    rows = [run_child(str(SCRIPT), system, SYSTEMS[system], run_dir) for system in args.systems]
+    # A system named twice (--systems hf,lit,hf,lit) runs twice, interleaved; the ratios compare the means.
+    rows = [run_child(str(SCRIPT), system, SYSTEMS[system], run_dir / f"round{args.systems[:i].count(system)}")
+            for i, system in enumerate(args.systems)]
     train_tokens = count_train_tokens(args.max_train_examples, hp["max_length"])
     for row in rows:
         row["tokens_per_s"] = train_tokens * hp["epochs"] / row["train_s"]
-    by_system = {row["system"]: row for row in rows}
+
+    def mean(system: str, key: str) -> float:
+        values = [row[key] for row in rows if row["system"] == system]
+        return sum(values) / len(values)
+
     ratios = {}
-    if {"lit", "hf"} <= by_system.keys():
-        lit, hf = by_system["lit"], by_system["hf"]
-        ratios = {"samples/s lit/HF (> 1: lit_finetune trains faster)": lit["samples_per_s"] / hf["samples_per_s"],
-                  "peak RSS lit/HF (> 1: lit_finetune uses more memory)": lit["peak_rss_mib"] / hf["peak_rss_mib"]}
+    if {"lit", "hf"} <= set(args.systems):
+        ratios = {"samples/s lit/HF (> 1: lit_finetune trains faster)":
+                  mean("lit", "samples_per_s") / mean("hf", "samples_per_s"),
+                  "dev evaluation time lit/HF (< 1: lit_finetune evaluates faster)":
+                  mean("lit", "eval_s") / mean("hf", "eval_s"),
+                  "peak RSS lit/HF (> 1: lit_finetune uses more memory)":
+                  mean("lit", "peak_rss_mib") / mean("hf", "peak_rss_mib")}
     report = new_report(SCRIPT, recipe=hp, data=str(DATA), run_dir=str(run_dir),
                   train_examples=rows[0]["train_examples"] if rows else 0, train_tokens_per_epoch=train_tokens,
                   results=rows, ratios=ratios)

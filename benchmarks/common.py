@@ -211,6 +211,12 @@ def machine_line(machine: dict) -> str:
             f"{machine['transformers']}, lightning {machine['lightning']}")
 
 
+def provenance_lines(report: dict) -> list[str]:
+    """The markdown bullets that say how a report was made: its command, date and machine."""
+    return [f"- command: `{report['command']}`", f"- date: {report['date']}",
+            f"- machine: {machine_line(report['machine'])}"]
+
+
 def new_report(script, **fields) -> dict:
     """A report that says how it was made: the command, the date and the machine, then the benchmark's fields."""
     from datetime import datetime

@@ -28,9 +28,9 @@ from common import (
     emit_result,
     hf_clock,
     lightning_clock,
-    machine_line,
     minilm_path,
     new_report,
+    provenance_lines,
     run_child,
     write_report,
 )
@@ -219,8 +219,7 @@ def markdown(rows: list[dict], report: dict) -> str:
     lines += [f"- {SYSTEMS[r['system']]}: peak RSS {r['train_peak_rss_mib']:.0f} MiB by the end of training; CPU "
               f"{r['cpu_s']:.0f} s on {r['torch_threads']} torch threads; 1-min load {r['load_1m']:.1f} at its end"
               for r in rows]
-    lines += [f"- command: `{report['command']}`", f"- date: {report['date']}",
-              f"- machine: {machine_line(report['machine'])}", f"- recipe: {report['recipe']}"]
+    lines += [*provenance_lines(report), f"- recipe: {report['recipe']}"]
     return "\n".join(lines)
 
 

@@ -29,7 +29,15 @@ from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
-from common import emit_result, lightning_clock, machine_line, minilm_path, new_report, run_child, write_report
+from common import (
+    emit_result,
+    lightning_clock,
+    minilm_path,
+    new_report,
+    provenance_lines,
+    run_child,
+    write_report,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).resolve().relative_to(REPO)
@@ -176,8 +184,7 @@ def markdown(rows: list[dict], report: dict) -> str:
               f"end of training; CPU {r['cpu_s']:.0f} s on {r['torch_threads']} torch threads; 1-min load average "
               f"{r['load_1m']:.1f} at its end" for r in rows]
     lines += [f"- {name}: {value:.3f}" for name, value in report["ratios"].items()]
-    lines += [f"- command: `{report['command']}`", f"- date: {report['date']}",
-              f"- machine: {machine_line(report['machine'])}", f"- epochs: {report['epochs']}"]
+    lines += [*provenance_lines(report), f"- epochs: {report['epochs']}"]
     return "\n".join(lines)
 
 

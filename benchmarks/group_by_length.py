@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import machine_line, new_report, write_report
+from common import new_report, provenance_lines, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).resolve().relative_to(REPO)
@@ -91,8 +91,7 @@ def markdown(report: dict) -> str:
     for name, summary in report["summary"].items():
         lines.append(f"- {name}: grouped - random dev metric {summary['delta']:+.4f} (seed sd {summary['sd']:.4f}); "
                      f"samples/s grouped/random {summary['speedup']:.2f}x")
-    lines += [f"- command: `{report['command']}`", f"- date: {report['date']}",
-              f"- machine: {machine_line(report['machine'])}"]
+    lines += provenance_lines(report)
     return "\n".join(lines)
 
 

@@ -31,9 +31,9 @@ from common import (
     emit_result,
     hf_clock,
     lightning_clock,
-    machine_line,
     minilm_path,
     new_report,
+    provenance_lines,
     run_child,
     write_report,
 )
@@ -266,8 +266,7 @@ def markdown(rows: list[dict], report: dict) -> str:
     lines += [f"- data: {splits['train']['questions']} questions of the first {TRAIN_ARTICLES} articles of "
               f"{report['data']} train; {splits['eval']['questions']} questions of the last 8 evaluated: "
               f"{', '.join(splits['eval']['titles'])}",
-              f"- command: `{report['command']}`", f"- date: {report['date']}",
-              f"- machine: {machine_line(report['machine'])}", f"- recipe: {report['recipe']}"]
+              *provenance_lines(report), f"- recipe: {report['recipe']}"]
     return "\n".join(lines)
 
 

@@ -29,11 +29,11 @@ from common import (
     emit_result,
     hf_clock,
     lightning_clock,
-    machine_line,
     mark_phase,
     memory_phase_table,
     minilm_path,
     new_report,
+    provenance_lines,
     run_child,
     write_report,
 )
@@ -190,8 +190,7 @@ def markdown(rows: list[dict], ratios: dict, report: dict) -> str:
               f"1-min load average {r['load_1m']:.1f} at its end" for r in rows]
     lines += ["", "Resident memory phase by phase (sampled every 50 ms):", ""]
     lines += memory_phase_table(rows, lambda r: SYSTEMS[r["system"]])
-    lines += ["", f"- command: `{report['command']}`", f"- date: {report['date']}",
-              f"- machine: {machine_line(report['machine'])}",
+    lines += ["", *provenance_lines(report),
               f"- recipe: {report['recipe']}; {report['train_examples']} training examples, "
               f"{report['train_tokens_per_epoch']} non-pad tokens per epoch"]
     return "\n".join(lines)

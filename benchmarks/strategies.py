@@ -27,7 +27,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import machine_line, new_report, write_report
+from common import new_report, provenance_lines, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).resolve().relative_to(REPO)
@@ -104,8 +104,7 @@ def markdown(report: dict) -> str:
         f"{name} {d['onnx_max_abs_diff']:.1e}" for name, d in report["deploy"].items()),
         f"- pruning run: dev acc {pruned['best_val_acc']:.4f}, measured sparsity of the pruned weights "
                   f"{pruned['sparsity']:.3f}",
-              f"- command: `{report['command']}`", f"- date: {report['date']}",
-              f"- machine: {machine_line(report['machine'])}"]
+              *provenance_lines(report)]
     return "\n".join(lines)
 
 

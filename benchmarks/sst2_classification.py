@@ -1,9 +1,10 @@
 """SST-2 benchmark: lit_finetune against a plain Hugging Face `transformers.Trainer`, same model, data and recipe.
 
 Both fine-tune the packaged all-MiniLM-L6-v2 on SST-2 train and evaluate on dev. The recipe (learning rate, weight
-decay, warmup, schedule, batch size, max_length, gradient clipping, seed) is read from configs/classification/sst2.yaml,
-so the baseline cannot drift from what lit_finetune ships. Each system runs in its own subprocess (this script with
-the hidden `--run lit|hf`), so its peak RSS is its own; both children measure with the same code (StepClock, finish).
+decay, warmup, schedule, batch size, max_length, length-grouped batches, gradient clipping, seed) is read from
+configs/classification/sst2.yaml, so the baseline cannot drift from what lit_finetune ships. Each system runs in its
+own subprocess (this script with the hidden `--run lit|hf`), so its peak RSS is its own; both children measure with
+the same code (StepClock, finish).
 
     python benchmarks/sst2_classification.py                            # both systems, full train set, 1 epoch
     python benchmarks/sst2_classification.py --max_train_examples 1000  # smoke run, a couple of minutes on CPU
@@ -71,7 +72,8 @@ def recipe(args: argparse.Namespace) -> dict:
     return dict(learning_rate=float(model["learning_rate"] if args.learning_rate is None else args.learning_rate),
                 weight_decay=float(model["weight_decay"]), warmup=float(model["warmup"]),
                 lr_scheduler=model["lr_scheduler"], batch_size=int(data["batch_size"]),
-                max_length=int(data["max_length"]), max_grad_norm=float(config["trainer"]["gradient_clip_val"]),
+                max_length=int(data["max_length"]), group_by_length=bool(data.get("group_by_length", False)),
+                max_grad_norm=float(config["trainer"]["gradient_clip_val"]),
                 seed=int(config["seed_everything"]), epochs=args.epochs)
 
 
@@ -151,6 +153,7 @@ def run_hf(args: argparse.Namespace, hp: dict) -> None:
         per_device_train_batch_size=hp["batch_size"], per_device_eval_batch_size=2 * hp["batch_size"],  # lit's eval
         learning_rate=hp["learning_rate"], weight_decay=hp["weight_decay"], warmup_steps=hp["warmup"],  # a ratio < 1
         lr_scheduler_type=hp["lr_scheduler"], max_grad_norm=hp["max_grad_norm"], optim="adamw_torch_fused",
+        train_sampling_strategy="group_by_length" if hp["group_by_length"] else "random",
         dataloader_num_workers=0, save_strategy="no", eval_strategy="no", report_to="none")
     clock = hf_clock()
     trainer = Trainer(model=model, args=training_args, train_dataset=train, eval_dataset=dev,

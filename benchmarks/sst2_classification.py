@@ -112,6 +112,7 @@ def run_lit(args: argparse.Namespace, hp: dict) -> None:
         # A fresh tokenization cache, so lit_finetune's wall time includes tokenizing, like the baseline's.
         f"--data.init_args.cache_dir={Path(args.run_dir).with_name('lit-cache')}",
         f"--model.init_args.learning_rate={hp['learning_rate']}",
+        "--model.init_args.pooling=pooler",  # the Trainer's stock head (lit_finetune's default for MiniLM: mean)
         f"--trainer.max_epochs={hp['epochs']}",
         f"--trainer.default_root_dir={args.run_dir}",
         f"--trainer.callbacks+=__main__.{LitStepClock.__name__}",

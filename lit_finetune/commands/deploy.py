@@ -17,6 +17,7 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+from lit_finetune import heads  # noqa: F401  (registers the pooled classification head with the Auto classes)
 from lit_finetune.data import readers
 from lit_finetune.errors import ConfigError, DataError
 from lit_finetune.io import atomic_directory

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 import torchmetrics
-from transformers import AutoModelForSequenceClassification, PreTrainedModel
+from lightning.pytorch.utilities import rank_zero_info
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, PreTrainedModel
 
+from lit_finetune import backbones, heads
 from lit_finetune.bounds import Fraction, settings_dict
+from lit_finetune.errors import ConfigError
 from lit_finetune.tasks.base import PerSplit, TaskModule
 from lit_finetune.tasks.distillation import DistillationSettings, Distiller, blended_loss, student_outputs
 
 SPLITS = ("train", "val", "test")
+Pooling = Literal["pooler", "cls", "mean", "max"]
 
 
 def split_metrics(num_labels: int) -> torchmetrics.MetricCollection:
@@ -32,10 +38,12 @@ def split_metrics(num_labels: int) -> torchmetrics.MetricCollection:
 class SequenceClassificationModule(TaskModule):
     """Fine-tunes ``AutoModelForSequenceClassification``; logs ``train/loss``, ``val/acc``, ``val/f1``, ...
 
-    Features: label smoothing; MSE regression; knowledge distillation from a teacher (see tasks/distillation.py);
-    one torchmetrics collection per split, plus the best validation value so far (``val/acc_best`` or
-    ``val/spearman_best``); predictions with class probabilities.
-    Raises: ConfigError when a checkpoint's labels differ from the data's, or the teacher does not fit the student.
+    Features: the pooling of token states under the head (the model's own pooler, [CLS], mean or max; a
+    sentence-transformers checkpoint's own by default); label smoothing; MSE regression; knowledge distillation
+    from a teacher (see tasks/distillation.py); one torchmetrics collection per split, plus the best validation
+    value so far (``val/acc_best`` or ``val/spearman_best``); predictions with class probabilities.
+    Raises: ConfigError when a checkpoint's labels differ from the data's, the teacher does not fit the student, or
+    the backbone cannot give the pooling.
     """
 
     auto_class = AutoModelForSequenceClassification
@@ -47,6 +55,7 @@ class SequenceClassificationModule(TaskModule):
         model_name_or_path: str = "minilm",
         label_smoothing: Fraction = 0.0,
         classifier_dropout: Fraction | None = None,
+        pooling: Pooling | None = None,
         distillation: DistillationSettings | None = None,
         labels: dict[int, str] | None = None,
         **kwargs,
@@ -56,6 +65,11 @@ class SequenceClassificationModule(TaskModule):
             model_name_or_path: Backbone to fine-tune (see TaskModule).
             label_smoothing: Cross-entropy label smoothing (0 = off).
             classifier_dropout: Dropout before the classification head; the backbone's dropout when unset.
+            pooling: What the head classifies: ``pooler`` (the model's own Hugging Face head; for BERT the pooler
+                over [CLS]), ``cls`` (the first token's state), ``mean`` or ``max`` (over the non-padding tokens).
+                Unset: a sentence-transformers checkpoint's own pooling (from its ``modules.json``; ``mean`` for the
+                packaged MiniLM, whose pooler was never trained), else ``pooler``. Exports of cls/mean/max load in
+                ``pipeline`` after ``import lit_finetune.heads``.
             distillation: Also learn from a fine-tuned classifier of the same labels and vocabulary, e.g.
                 ``{teacher: runs/sst2/export, alpha: 0.5}`` (see tasks/distillation.py).
             labels: The classes, ``{id: name}`` (``{0: score}`` for regression); taken from the training data when
@@ -80,7 +94,45 @@ class SequenceClassificationModule(TaskModule):
         if h.classifier_dropout is not None:
             overrides["classifier_dropout"] = h.classifier_dropout
         self.metrics = PerSplit({split: split_metrics(self.num_labels).clone(prefix=f"{split}/") for split in SPLITS})
-        return self.load_backbone(self.auto_class, **overrides)
+        h.pooling = self.chosen_pooling()
+        if h.pooling == "pooler":
+            return self.load_backbone(self.auto_class, **overrides)
+        if self.backbone_config().model_type == heads.MODEL_TYPE:  # an earlier pooled export: its head continues
+            return self.load_backbone(self.auto_class, pooling=h.pooling, **overrides)
+        return heads.pooled_classifier(self.load_backbone(AutoModel), h.pooling, **overrides)
+
+    def backbone_config(self):
+        h = self.hparams
+        source = backbones.resolve(h.model_name_or_path)
+        if backbones.preset(source):
+            sizes, model_type = backbones.preset(source)
+            return AutoConfig.for_model(model_type, **sizes)
+        return AutoConfig.from_pretrained(source, trust_remote_code=h.trust_remote_code)
+
+    def chosen_pooling(self) -> str:
+        """The configured pooling, checked against the backbone; unset, the checkpoint's own (logged)."""
+        h, key = self.hparams, "model.pooling"
+        config = self.backbone_config()
+        if h.pooling is None:
+            source = backbones.resolve(h.model_name_or_path)
+            found = config.pooling if config.model_type == heads.MODEL_TYPE else None
+            found = found or (None if backbones.preset(source) else heads.sentence_transformers_pooling(source))
+            if found:
+                rank_zero_info(f"{key}: {found} (the pooling {h.model_name_or_path} was trained with; set "
+                               f"{key} to change it)")
+            return found or "pooler"
+        if h.pooling == "pooler":
+            if config.model_type == heads.MODEL_TYPE:
+                raise ConfigError(f"{key}: {h.model_name_or_path} is a lit_finetune export with a {config.pooling} "
+                                  "head and no pooler; use cls, mean or max")
+            from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+
+            if config.model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
+                raise ConfigError(f"{key}: transformers has no sequence-classification head for "
+                                  f"{config.model_type}; use cls, mean or max")
+            return "pooler"
+        heads.check_pooling(config.get_text_config(), h.pooling, key)
+        return h.pooling
 
     def forward(self, batch: dict) -> torch.Tensor:
         return self.model(**self.model_inputs(batch)).logits

@@ -101,7 +101,7 @@ def default_targets(model: PreTrainedModel) -> list[str] | str:
     """peft's default target modules for the model type."""
     from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING  # noqa: PLC0415
 
-    model_type = model.config.model_type
+    model_type = model.config.get_text_config().model_type  # a composite config's backbone (e.g. a pooled head's)
     targets = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type)
     if targets is None:
         raise ConfigError(f"{KEY}.target_modules: peft has no default for model type {model_type!r}; name the "

@@ -1,0 +1,95 @@
+"""Pooling under the classification head on SST-2, through the real CLI: the BERT pooler (transformers' stock head)
+against mean pooling (the packaged sentence-transformers MiniLM's own), for full fine-tuning, feature extraction and
+LoRA r=8.
+
+Each strategy runs `configs/classification/sst2.yaml` plus its strategy config twice, `model.pooling` pooler and
+mean, the order alternating from strategy to strategy; the Throughput callback measures speed. The dev metric is the
+best validation accuracy of the run (one epoch: its end).
+
+    python benchmarks/pooling.py                                  # first 4,000 training sentences, 1 epoch each
+    python benchmarks/pooling.py --strategies full --max_train_examples 256   # smoke run
+
+Data: ../shared/data/sst2 relative to the repo root. Reruns skip finished runs. Set HF_HUB_OFFLINE=1
+HF_DATASETS_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false on a machine offline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from common import new_report, provenance_lines, write_report
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = Path(__file__).resolve().relative_to(REPO)
+SST2 = Path("../shared/data/sst2")  # relative to the repo root (main() changes into it)
+TASK = "configs/classification/sst2.yaml"
+LOCAL_DATA = ["--data.init_args.dataset_name=null", "--data.init_args.dataset_config=null",
+              "--data.init_args.id_column=null", f"--data.init_args.train_file={SST2 / 'train.tsv'}",
+              f"--data.init_args.validation_file={SST2 / 'dev.tsv'}",
+              "--data.init_args.label_names=[negative, positive]"]
+STRATEGIES = {name: f"configs/strategies/{name}.yaml" for name in ("full", "feature_extraction", "lora")}
+POOLINGS = ("pooler", "mean")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
+    parser.add_argument("--max_train_examples", type=int, default=4000, help="first N training sentences")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--out", default="runs/benchmarks/pooling", help="folder of all runs")
+    parser.add_argument("--output", default="runs/benchmarks/pooling.json", help="JSON report")
+    return parser.parse_args()
+
+
+def fit(run_dir: Path, strategy: str, pooling: str, args: argparse.Namespace) -> dict:
+    """One run (skipped when its folder holds a finished one) and its dev accuracy, size and speed."""
+    if not (run_dir / "run.json").is_file():
+        command = [sys.executable, "-m", "lit_finetune", "fit", "--config", TASK, "--config", STRATEGIES[strategy],
+                   *LOCAL_DATA, f"--data.init_args.max_train_examples={args.max_train_examples}",
+                   f"--model.init_args.pooling={pooling}", f"--trainer.max_epochs={args.epochs}",
+                   "--trainer.callbacks+=lit_finetune.callbacks.Throughput", f"--trainer.default_root_dir={run_dir}"]
+        print("\n$ " + " ".join(command[1:]), flush=True)
+        subprocess.run(command, check=True)
+    from lit_finetune.commands.compare import Run
+
+    run = Run.read(run_dir)
+    last = {key: run.curve(key)[-1][2] for key in ("params/trainable", "perf/samples_per_s", "perf/peak_rss_mb")}
+    return dict(run=str(run_dir), strategy=strategy, pooling=pooling,
+                dev_acc=max(v for _, _, v in run.curve("val/acc")), wall_s=run.record.get("wall_s"), **last)
+
+
+def markdown(report: dict) -> str:
+    lines = ["| strategy | pooling | dev acc | trainable params | samples/s | peak RSS MB | wall s |",
+             "|---|---|---|---|---|---|---|"]
+    for r in report["results"]:
+        lines.append(f"| {r['strategy']} | {r['pooling']} | {r['dev_acc']:.4f} | {r['params/trainable']:,.0f} | "
+                     f"{r['perf/samples_per_s']:.1f} | {r['perf/peak_rss_mb']:.0f} | {r['wall_s']:.0f} |")
+    lines.append("")
+    acc = {(r["strategy"], r["pooling"]): r["dev_acc"] for r in report["results"]}
+    for pooling in POOLINGS:
+        if ("full", pooling) in acc:
+            gaps = ", ".join(f"{s} {acc[(s, pooling)] - acc[('full', pooling)]:+.4f}" for s in STRATEGIES
+                             if s != "full" and (s, pooling) in acc)
+            lines.append(f"- {pooling}: against full fine-tuning: {gaps or 'no other strategy run'}")
+    lines += provenance_lines(report)
+    return "\n".join(lines)
+
+
+def main() -> None:
+    args = parse_args()
+    os.chdir(REPO)
+    sys.path.insert(0, str(REPO))
+    results = []
+    for i, strategy in enumerate(args.strategies):
+        for pooling in (POOLINGS if i % 2 == 0 else POOLINGS[::-1]):
+            results.append(fit(Path(args.out) / f"{strategy}-{pooling}", strategy, pooling, args))
+    report = new_report(SCRIPT, max_train_examples=args.max_train_examples, epochs=args.epochs, results=results)
+    write_report(report, markdown(report), args.output)
+
+
+if __name__ == "__main__":
+    main()

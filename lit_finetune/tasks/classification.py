@@ -11,10 +11,11 @@ from lightning.pytorch.utilities import rank_zero_info
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, PreTrainedModel
 
 from lit_finetune import backbones, heads
-from lit_finetune.bounds import Fraction, settings_dict
+from lit_finetune.bounds import Fraction, NonNegativeFloat, settings_dict
 from lit_finetune.errors import ConfigError
 from lit_finetune.tasks.base import PerSplit, TaskModule
 from lit_finetune.tasks.distillation import DistillationSettings, Distiller, blended_loss, student_outputs
+from lit_finetune.training import losses
 
 SPLITS = ("train", "val", "test")
 Pooling = Literal["pooler", "cls", "mean", "max"]
@@ -56,6 +57,9 @@ class SequenceClassificationModule(TaskModule):
         label_smoothing: Fraction = 0.0,
         classifier_dropout: Fraction | None = None,
         pooling: Pooling | None = None,
+        class_weights: losses.ClassWeights = "none",
+        loss: losses.Loss = "cross_entropy",
+        focal_gamma: NonNegativeFloat = 2.0,
         distillation: DistillationSettings | None = None,
         labels: dict[int, str] | None = None,
         **kwargs,
@@ -70,14 +74,22 @@ class SequenceClassificationModule(TaskModule):
                 Unset: a sentence-transformers checkpoint's own pooling (from its ``modules.json``; ``mean`` for the
                 packaged MiniLM, whose pooler was never trained), else ``pooler``. Exports of cls/mean/max load in
                 ``pipeline`` after ``import lit_finetune.heads``.
+            class_weights: Weights of the classes in the training loss: ``none``, ``auto`` (inverse frequency in
+                the training labels, printed at the start) or one weight per class in id order. Validation and
+                test losses stay unweighted, comparable across runs.
+            loss: Training loss: ``cross_entropy``, or ``focal`` (each example's term scaled by
+                (1 - p_true)^focal_gamma, so confidently right examples count less; with the class weights as alpha).
+            focal_gamma: The focal loss's gamma (0 = cross-entropy).
             distillation: Also learn from a fine-tuned classifier of the same labels and vocabulary, e.g.
                 ``{teacher: runs/sst2/export, alpha: 0.5}`` (see tasks/distillation.py).
             labels: The classes, ``{id: name}`` (``{0: score}`` for regression); taken from the training data when
                 unset, and saved with the checkpoint.
         """
         distillation = settings_dict(distillation, DistillationSettings, "model.distillation")
+        losses.check_class_weights(class_weights, "model.class_weights")
         super().__init__(model_name_or_path=model_name_or_path, **kwargs)
         self.distiller = Distiller(distillation) if distillation else None
+        self.class_weight: torch.Tensor | None = None  # per class id, for the training loss
 
     @property
     def is_regression(self) -> bool:
@@ -94,6 +106,10 @@ class SequenceClassificationModule(TaskModule):
         if h.classifier_dropout is not None:
             overrides["classifier_dropout"] = h.classifier_dropout
         self.metrics = PerSplit({split: split_metrics(self.num_labels).clone(prefix=f"{split}/") for split in SPLITS})
+        if self.is_regression and (h.class_weights != "none" or h.loss != "cross_entropy"):
+            raise ConfigError("model.class_weights / model.loss: regression (one label) trains on the MSE; set "
+                              "class_weights: none and loss: cross_entropy")
+        self.class_weight = losses.training_class_weights(self)
         h.pooling = self.chosen_pooling()
         if h.pooling == "pooler":
             return self.load_backbone(self.auto_class, **overrides)
@@ -137,10 +153,14 @@ class SequenceClassificationModule(TaskModule):
     def forward(self, batch: dict) -> torch.Tensor:
         return self.model(**self.model_inputs(batch)).logits
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, split: str = "val") -> torch.Tensor:
+        h = self.hparams
         if self.is_regression:
             return F.mse_loss(logits.squeeze(-1), labels.float())
-        return F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
+        if split == "train":
+            return losses.classification_loss(logits, labels, self.class_weight, h.loss, h.focal_gamma,
+                                              h.label_smoothing)
+        return F.cross_entropy(logits, labels, label_smoothing=h.label_smoothing)
 
     def predictions(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.squeeze(-1) if self.is_regression else logits.argmax(-1)
@@ -148,7 +168,7 @@ class SequenceClassificationModule(TaskModule):
     def shared_step(self, batch: dict, split: str) -> torch.Tensor:
         outputs = student_outputs(self, batch, split)
         logits = outputs.logits
-        loss = blended_loss(self, self.loss(logits, batch["labels"]), outputs, batch, split)
+        loss = blended_loss(self, self.loss(logits, batch["labels"], split), outputs, batch, split)
         self.metrics[split].update(self.predictions(logits.detach()), batch["labels"])
         self.log_loss(split, loss, len(batch["labels"]))
         return loss

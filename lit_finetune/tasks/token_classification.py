@@ -8,12 +8,14 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForTokenClassification, PreTrainedModel
 
-from lit_finetune.bounds import Fraction, settings_dict
+from lit_finetune.bounds import Fraction, NonNegativeFloat, settings_dict
 from lit_finetune.data.tag_schemes import OUTSIDE, TagScheme
 from lit_finetune.distributed import gather_objects
+from lit_finetune.errors import ConfigError
 from lit_finetune.tasks.base import TaskModule
 from lit_finetune.tasks.crf import CRF
 from lit_finetune.tasks.distillation import DistillationSettings, Distiller, blended_loss, student_outputs
+from lit_finetune.training import losses
 
 SEQEVAL_SCHEMES = {"IOB1": "IOB1", "IOB2": "IOB2", "BIOES": "IOBES"}  # our scheme names -> seqeval's classes
 CRF_FILE = "crf.safetensors"  # the CRF's scores beside an export (transformers' pipeline ignores the file)
@@ -69,6 +71,9 @@ class TokenClassificationModule(TaskModule):
         use_crf: bool = False,
         strict_metrics: bool = False,
         classifier_dropout: Fraction | None = None,
+        class_weights: losses.ClassWeights = "none",
+        loss: losses.Loss = "cross_entropy",
+        focal_gamma: NonNegativeFloat = 2.0,
         distillation: DistillationSettings | None = None,
         labels: dict[int, str] | None = None,
         tag_scheme: TagScheme | None = None,
@@ -82,6 +87,12 @@ class TokenClassificationModule(TaskModule):
             strict_metrics: Count an entity only when its span and type match exactly under the tag scheme
                 (seqeval's strict mode); default is conlleval's matching, the one papers report.
             classifier_dropout: Dropout before the tagging head; the backbone's dropout when unset.
+            class_weights: Weights of the tags in the training loss: ``none``, ``auto`` (inverse frequency of the
+                training tokens' tags, printed at the start) or one weight per tag in id order; not with a CRF.
+                Validation and test losses stay unweighted.
+            loss: Training loss per token: ``cross_entropy`` or ``focal`` ((1 - p_true)^focal_gamma times the
+                cross-entropy; the class weights as alpha); not with a CRF, which trains by sequence likelihood.
+            focal_gamma: The focal loss's gamma (0 = cross-entropy).
             distillation: Also learn from a fine-tuned tagger of the same tags and vocabulary, e.g.
                 ``{teacher: runs/conll/export}`` (see tasks/distillation.py); with a CRF on either side, the
                 emissions are the logits that are distilled.
@@ -90,8 +101,14 @@ class TokenClassificationModule(TaskModule):
                 unset.
         """
         distillation = settings_dict(distillation, DistillationSettings, "model.distillation")
+        losses.check_class_weights(class_weights, "model.class_weights")
+        if use_crf and (class_weights != "none" or loss != "cross_entropy"):
+            raise ConfigError("model.class_weights / model.loss: the CRF trains on whole tag sequences' likelihood, "
+                              "which per-tag weights and the focal loss do not apply to; set use_crf: false, or "
+                              "class_weights: none and loss: cross_entropy")
         super().__init__(model_name_or_path=model_name_or_path, **kwargs)
         self.distiller = Distiller(distillation) if distillation else None
+        self.class_weight: torch.Tensor | None = None  # per tag id, for the training loss
         self.crf: CRF | None = None
         self.sequences: dict[str, tuple[list, list]] = {}  # split -> (gold, predicted) tag sequences of the epoch
 
@@ -103,6 +120,7 @@ class TokenClassificationModule(TaskModule):
         tags = [self.labels[i] for i in range(self.num_labels)]
         if self.hparams.use_crf:
             self.crf = CRF(tags, self.tag_scheme)
+        self.class_weight = losses.training_class_weights(self)
         overrides = self.label_overrides()
         if self.hparams.classifier_dropout is not None:
             overrides["classifier_dropout"] = self.hparams.classifier_dropout
@@ -113,10 +131,12 @@ class TokenClassificationModule(TaskModule):
     def forward(self, batch: dict) -> torch.Tensor:
         return self.model(**self.model_inputs(batch)).logits
 
-    def loss(self, emissions: torch.Tensor, batch: dict) -> torch.Tensor:
+    def loss(self, emissions: torch.Tensor, batch: dict, split: str = "val") -> torch.Tensor:
+        h = self.hparams
+        if self.crf is None and split == "train":
+            return losses.classification_loss(emissions, batch["labels"], self.class_weight, h.loss, h.focal_gamma)
         if self.crf is None:
-            return torch.nn.functional.cross_entropy(emissions.flatten(0, 1).float(), batch["labels"].flatten(),
-                                                     ignore_index=-100)
+            return losses.classification_loss(emissions, batch["labels"])
         word_emissions, mask = words_first(emissions, batch["word_starts"])
         word_tags, _ = words_first(batch["labels"].clamp(min=0), batch["word_starts"])
         return -self.crf.log_likelihood(word_emissions, word_tags, mask).mean()
@@ -137,7 +157,7 @@ class TokenClassificationModule(TaskModule):
     def shared_step(self, batch: dict, split: str) -> torch.Tensor:
         outputs = student_outputs(self, batch, split)
         emissions = outputs.logits
-        loss = blended_loss(self, self.loss(emissions, batch), outputs, batch, split,
+        loss = blended_loss(self, self.loss(emissions, batch, split), outputs, batch, split,
                                       positions=batch["labels"] != -100)
         self.log_loss(split, loss, len(batch["input_ids"]))
         if split != "train":

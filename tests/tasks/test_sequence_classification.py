@@ -156,5 +156,8 @@ def test_checkpoint_with_other_labels_cannot_resume(tmp_path, tiny_data):
         run("fit", *tiny_args(other, tmp_path / "run3"), "--ckpt_path", last, "--resume_changes=allow")
 
 
-def test_pinned_losses(tmp_path, tiny_data):
-    assert_pinned(first_losses(tmp_path / "run", *tiny_args(tiny_data, tmp_path / "unused")), PINNED)
+@pytest.mark.parametrize("extra", [(), ("--model.init_args.class_weights=[1, 1]", "--model.init_args.loss=focal",
+                                         "--model.init_args.focal_gamma=0")], ids=["cross_entropy", "focal_gamma0"])
+def test_pinned_losses(tmp_path, tiny_data, extra):
+    """The weighted focal path with unit weights and gamma 0 is the cross-entropy, to the pinned digits."""
+    assert_pinned(first_losses(tmp_path / "run", *tiny_args(tiny_data, tmp_path / "unused", *extra)), PINNED)

@@ -113,5 +113,8 @@ def test_entity_scores_conlleval_and_strict():
     assert strict["f1"] == 0.0  # strict IOB2: an entity must open with B-
 
 
-def test_pinned_losses(tmp_path, ner_files):
-    assert_pinned(first_losses(tmp_path / "run", *ner_args(ner_files, tmp_path / "unused")), PINNED)
+@pytest.mark.parametrize("extra", [(), ("--model.init_args.loss=focal", "--model.init_args.focal_gamma=0")],
+                         ids=["cross_entropy", "focal_gamma0"])
+def test_pinned_losses(tmp_path, ner_files, extra):
+    """The focal path with gamma 0 is the per-token cross-entropy, to the pinned digits."""
+    assert_pinned(first_losses(tmp_path / "run", *ner_args(ner_files, tmp_path / "unused", *extra)), PINNED)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import codecs
 import csv
 import glob
+import itertools
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Literal
@@ -57,6 +59,67 @@ def txt_rows(paths: list[str], documents: TxtDocuments, column: str, signatures=
         with open(path, encoding="utf-8") as f:
             for document in split_documents(f, documents):
                 yield {column: document}
+
+
+def natural_order(path: Path) -> list:
+    """Sort key reading the digits in a name as numbers: 2_8.txt before 10_7.txt."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
+
+
+def class_folder_files(folder: Path, key: str, classes: list[str] | None) -> dict[str, list[Path]]:
+    """The .txt files of each class subfolder (``train/pos/*.txt``, ``train/neg/*.txt``): every subfolder, or the
+    `classes` named (in their order), each checked to hold text files."""
+    subfolders = [folder / name for name in classes] if classes else \
+        sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    missing = [d.name for d in subfolders if not d.is_dir()]
+    if missing:
+        raise DataError(f"{key}: {folder} has no class folder {missing[0]!r} (data.label_names names the class "
+                        f"folders to read); it has {sorted(d.name for d in folder.iterdir() if d.is_dir())}")
+    if not subfolders:
+        raise DataError(f"{key}: {folder} has no subfolders; expected one folder of .txt files per class, named "
+                        "after the class (e.g. pos/ and neg/)")
+    files = {d.name: sorted(d.glob("*.txt"), key=natural_order) for d in subfolders}
+    empty = [name for name, found in files.items() if not found]
+    if empty:
+        raise DataError(f"{key}: class folder {folder / empty[0]} has no .txt files; expected one text file per "
+                        "example")
+    return files
+
+
+def class_folder_rows(files: dict[str, list[str]], text_column: str, label_column: str,
+                      signature: str | None = None) -> Iterator[dict]:
+    """Rows of (text, class, file) from class folders, one file at a time, the classes taking turns (file 1 of
+    each class, then file 2, ...) so that any first N rows hold every class. `signature` only keys the cache."""
+    for turn in itertools.zip_longest(*([(name, path) for path in paths] for name, paths in files.items())):
+        for name, path in filter(None, turn):
+            data = Path(path).read_bytes()
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(f"{path}: not valid UTF-8 at byte offset {err.start}: {data[err.start:err.start + 4]!r}"
+                                "; expected UTF-8 text (re-encode it, e.g. `iconv -f latin1 -t utf-8`)") from None
+            yield {text_column: text.strip(), label_column: name, "file": f"{name}/{Path(path).name}"}
+
+
+def read_class_folders(folder: str | Path, key: str, text_column: str = "text", label_column: str = "label",
+                       classes: list[str] | None = None) -> datasets.Dataset:
+    """A split from a folder of class folders, one example per .txt file (IMDB's ``aclImdb/train/{pos,neg}``):
+    the text, its class (the subfolder's name) and its ``file`` (``pos/0_9.txt``, e.g. for data.id_column)."""
+    folder = Path(folder).expanduser()
+    files = class_folder_files(folder, key, classes)
+    features = datasets.Features({text_column: datasets.Value("string"), label_column: datasets.Value("string"),
+                                  "file": datasets.Value("string")})
+    kwargs = dict(files={name: [str(p) for p in paths] for name, paths in files.items()}, text_column=text_column,
+                  label_column=label_column, signature=cache.folder_digest(folder))
+    try:
+        return datasets.Dataset.from_generator(class_folder_rows, features=features, gen_kwargs=kwargs)
+    except Exception as err:  # `datasets` wraps what the generator raised
+        cause = err
+        while cause is not None and not isinstance(cause, DataError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            raise cause from None
+        raise
 
 
 def text_features(column: str) -> datasets.Features:

@@ -183,3 +183,79 @@ def test_uncached_hub_dataset_offline_says_to_use_local_files(tmp_path):
 def test_no_data_at_all_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="give either data.dataset_name"):
         make(tmp_path)
+
+
+def write_class_folders(root, per_class: dict[str, list[str]]):
+    """IMDB's layout: one folder per class, one review per .txt file, <id>_<rating>.txt names."""
+    for name, texts in per_class.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i, text in enumerate(texts):
+            (root / name / f"{i}_{7 if name == 'pos' else 2}.txt").write_text(text + "\n", encoding="utf-8")
+    (root / f"urls_{next(iter(per_class))}.txt").write_text("http://example.com\n")  # a file beside them: ignored
+    return root
+
+
+def test_class_folders_give_rows_labelled_by_folder_in_turns(tmp_path):
+    texts = {"neg": [f"bad film {i}" for i in range(12)], "pos": [f"good film {i}" for i in range(12)]}
+    train = write_class_folders(tmp_path / "aclImdb" / "train", texts)
+    write_class_folders(tmp_path / "aclImdb" / "train" / "unsup", {"x": ["unlabelled"]})  # skipped: not named
+    dm = prepared(tmp_path, train_file=str(train), validation_file=str(train), id_column="file",
+                  label_names=["neg", "pos"], max_train_examples=6)
+    assert dm.id2label == {0: "neg", 1: "pos"}
+    rows = dm.splits["train"]
+    assert rows["example_id"] == ["neg/0_2.txt", "pos/0_7.txt", "neg/1_2.txt", "pos/1_7.txt", "neg/2_2.txt",
+                                  "pos/2_7.txt"]  # the classes take turns, so the first N rows hold both
+    assert rows["labels"] == [0, 1, 0, 1, 0, 1]
+    assert len(dm.splits["validation"]) == 24
+    (train / "pos" / "12_9.txt").write_text("another good film")  # a new file: tokenized again, not a stale cache
+    again = make(tmp_path, train_file=str(train), validation_file=str(train), id_column="file",
+                 label_names=["neg", "pos"])
+    assert again.cache_path() != dm.cache_path()
+    with pytest.raises(DataError, match=r"has no class folder 'neutral' \(data.label_names names the class folders"):
+        make(tmp_path, train_file=str(train), label_names=["neg", "neutral"]).prepare_data()
+
+
+def test_class_folder_errors_name_the_folder_or_file(tmp_path):
+    empty = tmp_path / "empty"
+    write_class_folders(empty, {"neg": ["bad"]})
+    (empty / "pos").mkdir()
+    with pytest.raises(DataError, match=r"data.train_file: class folder .*empty/pos has no .txt files"):
+        make(tmp_path, train_file=str(empty)).prepare_data()
+    latin = write_class_folders(tmp_path / "latin", {"neg": ["bad"], "pos": ["good"]})
+    (latin / "pos" / "1_8.txt").write_bytes("caf\xe9 was great".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin/pos/1_8.txt: not valid UTF-8 at byte offset 3"):
+        make(tmp_path, train_file=str(latin)).prepare_data()
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    (flat / "a.txt").write_text("text")
+    with pytest.raises(DataError, match="has no subfolders; expected one folder of .txt files per class"):
+        make(tmp_path, train_file=str(flat)).prepare_data()
+
+
+WORDS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+         "seventeen eighteen nineteen").split()
+
+
+@pytest.mark.parametrize("truncation, kept", [
+    ("head", WORDS[:6]),
+    ("tail", WORDS[-6:]),
+    ("head_tail", WORDS[:2] + WORDS[-4:]),
+])
+def test_truncation_keeps_the_head_the_tail_or_both(tmp_path, truncation, kept):
+    long, kept = " ".join(WORDS), " ".join(kept)
+    write_rows(tmp_path / "train.csv", [{"text": long, "label": "a"}, {"text": "one two", "label": "b"}])
+    dm = prepared(tmp_path, train_file=str(tmp_path / "train.csv"), validation_file=str(tmp_path / "train.csv"),
+                  max_length=8, truncation=truncation, head_tokens=2)
+    tokenizer = dm.tokenizer
+    expected = tokenizer(kept)["input_ids"]  # [CLS] + the kept tokens + [SEP]
+    assert len(tokenizer(long)["input_ids"]) == 22  # each word a single token: the kept words are the kept tokens
+    assert dm.splits["train"]["input_ids"] == [expected, tokenizer("one two")["input_ids"]]
+    assert dm.meta["truncated"]["train"] == 1
+
+
+def test_truncation_settings_that_cannot_apply_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="data.truncation: tail keeps the end of a single text; a pair task"):
+        make(tmp_path, train_file="x.csv", text_pair_column="aspect", truncation="tail")
+    with pytest.raises(ConfigError, match="data.head_tokens: 126 leaves no room for the tail within "
+                                          "data.max_length=128"):
+        make(tmp_path, train_file="x.csv", truncation="head_tail", head_tokens=126)

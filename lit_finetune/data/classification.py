@@ -1,7 +1,9 @@
-"""Text classification data: single sentences or pairs, string or integer labels, or regression targets.
+"""Text classification data: single sentences or pairs, string or integer labels, label sets (multi-label), or
+regression targets.
 
 Batch contract (what the task module receives): ``input_ids``, ``attention_mask`` (and ``token_type_ids`` when the
-tokenizer makes them), ``labels`` (int class ids, or floats for regression; absent for unlabeled prediction data) and
+tokenizer makes them), ``labels`` (int class ids; floats for regression; a multi-hot float row per example for label
+sets; absent for unlabeled prediction data) and
 ``example_id`` (a list of strings, the id column or the row number).
 """
 
@@ -53,6 +55,9 @@ class TextClassificationDataModule(SplitsDataModule):
         id_column: str | None = None,
         num_labels: PositiveInt | None = None,
         label_names: list[str] | None = None,
+        multi_label: bool = False,
+        label_delimiter: str | None = None,
+        allow_no_label: bool = False,
         max_length: PositiveInt = 128,
         truncation: Truncation = "head",
         head_tokens: PositiveInt | None = None,
@@ -71,6 +76,12 @@ class TextClassificationDataModule(SplitsDataModule):
             id_column: Column with example ids written next to predictions; row numbers when unset.
             num_labels: Number of classes, checked against the data (1 means regression); inferred when unset.
             label_names: Class names in id order, to name integer labels or fix the order of string labels.
+            multi_label: Each example has a set of labels (any number of the classes): a list column
+                (``["PER", "LOC"]`` in JSON), or a string split on ``label_delimiter``. The task then trains one
+                sigmoid per class (``problem_type: multi_label_classification``).
+            label_delimiter: What separates the labels of a multi-label string column, e.g. ``,`` or ``|``.
+            allow_no_label: Multi-label examples may have an empty label set (none of the classes); refused when
+                false, since an empty cell is more often a mistake.
             max_length: Longest tokenized input; longer ones are truncated and counted in the log.
             truncation: Which tokens of a longer text are kept: ``head`` (the first max_length), ``tail`` (the
                 last) or ``head_tail`` (the first ``head_tokens`` and the last ones; best on IMDB in Sun et al.
@@ -84,6 +95,11 @@ class TextClassificationDataModule(SplitsDataModule):
             **kwargs: Data source, tokenizer, batch sizes, workers and cache (see SplitsDataModule).
         """
         super().__init__(model_name_or_path=model_name_or_path, **kwargs)
+        if multi_label and num_labels == 1:
+            raise ConfigError("data.multi_label: regression (data.num_labels: 1) has no label sets; drop one of them")
+        if label_delimiter is not None and not multi_label:
+            raise ConfigError("data.label_delimiter: only multi-label data splits its labels; set data.multi_label: "
+                              "true, or remove the delimiter")
         if truncation != "head" and text_pair_column:
             raise ConfigError(f"data.truncation: {truncation} keeps the end of a single text; a pair task "
                               "(data.text_pair_column) truncates the longer text from its end, so use head")
@@ -106,6 +122,8 @@ class TextClassificationDataModule(SplitsDataModule):
         column = self.hparams.label_column
         if column not in ds.column_names:
             return False
+        if self.hparams.multi_label:
+            return True
         return set(ds.unique(column)) != {-1}  # class ids and STS-B's float scores alike
 
     def build_label_vocab(self, train: datasets.Dataset, source: str) -> dict[int, str] | None:
@@ -113,6 +131,8 @@ class TextClassificationDataModule(SplitsDataModule):
         h = self.hparams
         if self.is_regression:
             return None
+        if h.multi_label:
+            return self.multi_label_vocab(train, source)
         feature = train.features[h.label_column]
         if isinstance(feature, datasets.ClassLabel) and not h.label_names:
             names = list(feature.names)
@@ -147,6 +167,44 @@ class TextClassificationDataModule(SplitsDataModule):
                               f"classes {names}; remove data.num_labels or fix it")
         return dict(enumerate(names))
 
+    def label_sets(self, ds: datasets.Dataset, source: str) -> list[list[str]]:
+        """Each row's labels: a list cell, or a string split on ``label_delimiter``; empty sets checked.
+
+        Raises: DataError naming the row whose cell is neither, or whose set is empty when that is not allowed.
+        """
+        h, sets = self.hparams, []
+        for i, cell in enumerate(readers.column(ds, h.label_column).to_pylist()):
+            if isinstance(cell, str) and h.label_delimiter is not None:
+                cell = [part.strip() for part in cell.split(h.label_delimiter) if part.strip()]
+            elif cell is None or (isinstance(cell, str) and not cell.strip()):
+                cell = []
+            if not isinstance(cell, list):
+                raise DataError(f"{readers.row_location(source, i)}: column {h.label_column!r} is {cell!r}; "
+                                "multi-label data needs a list of labels per row (JSON), or a string of labels and "
+                                "data.label_delimiter")
+            if not cell and not h.allow_no_label:
+                raise DataError(f"{readers.row_location(source, i)}: the label set is empty; set "
+                                "data.allow_no_label: true if examples may have none of the labels")
+            sets.append([str(label) for label in cell])
+        return sets
+
+    def multi_label_vocab(self, train: datasets.Dataset, source: str) -> dict[int, str]:
+        """The classes of multi-label data: ``label_names`` (checked to cover the training labels) or the sorted
+        union of the training label sets."""
+        h = self.hparams
+        seen = sorted({label for labels in self.label_sets(train, source) for label in labels})
+        names = list(h.label_names) if h.label_names else seen
+        unknown = sorted(set(seen) - set(names))
+        if unknown:
+            raise DataError(f"{source}: labels {unknown} are not in data.label_names {names}")
+        if len(names) < 2:
+            raise DataError(f"{source}: the label sets hold a single class {names}; multi-label classification "
+                            "needs at least 2")
+        if h.num_labels is not None and h.num_labels != len(names):
+            raise ConfigError(f"data.num_labels: set to {h.num_labels} but the training data has {len(names)} "
+                              f"classes {names}; remove data.num_labels or fix it")
+        return dict(enumerate(names))
+
     def check_label_kinds(self, train: datasets.Dataset, source: str) -> None:
         """String labels are names or ids, not both: "1" beside "positive" would become classes of their own.
 
@@ -161,8 +219,11 @@ class TextClassificationDataModule(SplitsDataModule):
                             "class names or all integer ids (data.label_names names ids)")
 
     def encode_labels(self, ds: datasets.Dataset, source: str, id2label: dict[int, str] | None) -> datasets.Dataset:
-        """Labels as class ids (or floats for regression), failing on a label that train never had."""
+        """Labels as class ids (floats for regression, multi-hot rows for label sets), failing on a label that train
+        never had."""
         column = self.hparams.label_column
+        if self.hparams.multi_label:
+            return self.encode_label_sets(ds, source, id2label)
         values = readers.column(ds, column).to_pylist()
         if column == "labels":
             ds = ds.remove_columns(column)
@@ -190,6 +251,23 @@ class TextClassificationDataModule(SplitsDataModule):
                                 f"data; known labels are {list(label2id)}")
             ids.append(label2id[str(v)])
         return ds.add_column("labels", ids)
+
+    def encode_label_sets(self, ds: datasets.Dataset, source: str, id2label: dict[int, str]) -> datasets.Dataset:
+        """Multi-label rows as multi-hot float vectors over the classes, in id order."""
+        label2id = {name: i for i, name in id2label.items()}
+        hot = []
+        for i, labels in enumerate(self.label_sets(ds, source)):
+            unknown = [label for label in labels if label not in label2id]
+            if unknown:
+                raise DataError(f"{readers.row_location(source, i)}: label {unknown[0]!r} never occurs in the "
+                                f"training data; known labels are {list(label2id)}")
+            row = [0.0] * len(label2id)
+            for label in labels:
+                row[label2id[label]] = 1.0
+            hot.append(row)
+        if self.hparams.label_column == "labels":
+            ds = ds.remove_columns("labels")
+        return ds.add_column("labels", hot)
 
     def check_and_label(self) -> tuple[datasets.DatasetDict, dict[int, str] | None]:
         """Read every split, check columns, text and labels, and return splits with a ``labels`` column."""
@@ -220,10 +298,13 @@ class TextClassificationDataModule(SplitsDataModule):
                     raise ConfigError(f"data: {sources[split]} has labels but there is no training data to number "
                                       "them from; give data.train_file or data.label_names (in the model's order)")
                 ds = self.encode_labels(ds, sources[split], id2label)
+            elif "labels" in ds.column_names:  # a raw column of that name, unencoded: not the batch's labels
+                ds = ds.remove_columns("labels")
             ids = readers.column(ds, h.id_column).to_pylist() if h.id_column else range(len(ds))
             out[split] = ds.add_column("example_id", [str(i) for i in ids])
         if "train" in out and "validation" not in out:
-            out["train"], out["validation"] = self.hold_out(out["train"], list(id2label.values()) if id2label else None)
+            stratify_by = list(id2label.values()) if id2label and not h.multi_label else None
+            out["train"], out["validation"] = self.hold_out(out["train"], stratify_by)
         return datasets.DatasetDict(out), id2label
 
     # ----------------------------------------------------------------------------------------------------------- #
@@ -299,6 +380,11 @@ class TextClassificationDataModule(SplitsDataModule):
     @property
     def num_labels(self) -> int:
         return 1 if self.id2label is None else len(self.id2label)
+
+    @property
+    def multi_label(self) -> bool:
+        """Whether each example has a set of labels, which the task module adopts (one sigmoid per class)."""
+        return bool(self.hparams.multi_label)
 
     @property
     def labels(self) -> dict[int, str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -11,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, PreTrainedModel
 
 from lit_finetune import backbones, heads
-from lit_finetune.bounds import Fraction, NonNegativeFloat, settings_dict
+from lit_finetune.bounds import Fraction, NonNegativeFloat, Probability, settings_dict
 from lit_finetune.errors import ConfigError
 from lit_finetune.tasks.base import PerSplit, TaskModule
 from lit_finetune.tasks.distillation import DistillationSettings, Distiller, blended_loss, student_outputs
@@ -19,6 +21,8 @@ from lit_finetune.training import losses
 
 SPLITS = ("train", "val", "test")
 Pooling = Literal["pooler", "cls", "mean", "max"]
+THRESHOLD_GRID = [round(0.05 * i, 2) for i in range(1, 20)]  # what tune_threshold tries on validation
+THRESHOLD_KEY = "lit_finetune_threshold"  # checkpoint entry: the threshold validation chose (tune_threshold)
 
 
 def split_metrics(num_labels: int) -> torchmetrics.MetricCollection:
@@ -36,6 +40,19 @@ def split_metrics(num_labels: int) -> torchmetrics.MetricCollection:
     return torchmetrics.MetricCollection(metrics)
 
 
+def multi_label_metrics(names: list[str], threshold: float) -> torchmetrics.MetricCollection:
+    """Micro and macro F1, exact-match accuracy (every label of the set right) and each label's F1, at the
+    decision threshold."""
+    kwargs = dict(num_labels=len(names), threshold=threshold)
+    per_label = torchmetrics.wrappers.ClasswiseWrapper(
+        torchmetrics.classification.MultilabelF1Score(average=None, **kwargs), labels=list(names), prefix="f1_")
+    return torchmetrics.MetricCollection({
+        "f1_micro": torchmetrics.classification.MultilabelF1Score(average="micro", **kwargs),
+        "f1": torchmetrics.classification.MultilabelF1Score(average="macro", **kwargs),
+        "exact_match": torchmetrics.classification.MultilabelExactMatch(**kwargs), "per_label": per_label},
+        compute_groups=False)
+
+
 class SequenceClassificationModule(TaskModule):
     """Fine-tunes ``AutoModelForSequenceClassification``; logs ``train/loss``, ``val/acc``, ``val/f1``, ...
 
@@ -48,8 +65,8 @@ class SequenceClassificationModule(TaskModule):
     """
 
     auto_class = AutoModelForSequenceClassification
-    best_mode = "max"  # accuracy and Spearman alike
-    from_data = ("labels",)
+    best_mode = "max"  # accuracy, micro F1 and Spearman alike
+    from_data = ("labels", "multi_label")
 
     def __init__(
         self,
@@ -60,8 +77,11 @@ class SequenceClassificationModule(TaskModule):
         class_weights: losses.ClassWeights = "none",
         loss: losses.Loss = "cross_entropy",
         focal_gamma: NonNegativeFloat = 2.0,
+        threshold: Probability = 0.5,
+        tune_threshold: bool = False,
         distillation: DistillationSettings | None = None,
         labels: dict[int, str] | None = None,
+        multi_label: bool | None = None,
         **kwargs,
     ):
         """
@@ -80,35 +100,63 @@ class SequenceClassificationModule(TaskModule):
             loss: Training loss: ``cross_entropy``, or ``focal`` (each example's term scaled by
                 (1 - p_true)^focal_gamma, so confidently right examples count less; with the class weights as alpha).
             focal_gamma: The focal loss's gamma (0 = cross-entropy).
+            threshold: Multi-label: a label is predicted when its probability reaches this.
+            tune_threshold: Multi-label: after each validation, also try thresholds 0.05..0.95 and keep the one with
+                the best validation micro F1 (logged as ``val/threshold``, ``val/f1_micro_tuned``); predictions and
+                the export (``multi_label_threshold`` in its config.json) use it.
             distillation: Also learn from a fine-tuned classifier of the same labels and vocabulary, e.g.
                 ``{teacher: runs/sst2/export, alpha: 0.5}`` (see tasks/distillation.py).
             labels: The classes, ``{id: name}`` (``{0: score}`` for regression); taken from the training data when
                 unset, and saved with the checkpoint.
+            multi_label: Whether each example has a set of labels (one sigmoid per class, BCE loss); taken from the
+                data (data.multi_label) when unset.
         """
         distillation = settings_dict(distillation, DistillationSettings, "model.distillation")
         losses.check_class_weights(class_weights, "model.class_weights")
         super().__init__(model_name_or_path=model_name_or_path, **kwargs)
         self.distiller = Distiller(distillation) if distillation else None
         self.class_weight: torch.Tensor | None = None  # per class id, for the training loss
+        self.tuning: torchmetrics.MetricCollection | None = None  # micro F1 at each grid threshold (validation)
+        self.tuned_threshold: float | None = None
 
     @property
     def is_regression(self) -> bool:
         return self.num_labels == 1
 
     @property
+    def is_multi_label(self) -> bool:
+        return bool(self.hparams.get("multi_label"))
+
+    @property
     def key_metric(self) -> str:
-        return "spearman" if self.is_regression else "acc"
+        return "spearman" if self.is_regression else "f1_micro" if self.is_multi_label else "acc"
 
     def build_model(self) -> PreTrainedModel:
         h = self.hparams
-        overrides = dict(self.label_overrides(),
-                         problem_type="regression" if self.is_regression else "single_label_classification")
+        problem_type = "regression" if self.is_regression else \
+            "multi_label_classification" if self.is_multi_label else "single_label_classification"
+        overrides = dict(self.label_overrides(), problem_type=problem_type)
         if h.classifier_dropout is not None:
             overrides["classifier_dropout"] = h.classifier_dropout
-        self.metrics = PerSplit({split: split_metrics(self.num_labels).clone(prefix=f"{split}/") for split in SPLITS})
-        if self.is_regression and (h.class_weights != "none" or h.loss != "cross_entropy"):
-            raise ConfigError("model.class_weights / model.loss: regression (one label) trains on the MSE; set "
-                              "class_weights: none and loss: cross_entropy")
+        if self.is_multi_label:
+            if self.distiller is not None:
+                raise ConfigError("model.distillation: distils a teacher's softmax over classes, and multi-label "
+                                  "classification has one sigmoid per class; remove model.distillation")
+            names = [self.labels[i] for i in range(self.num_labels)]
+            self.metrics = PerSplit({split: multi_label_metrics(names, h.threshold).clone(prefix=f"{split}/")
+                                     for split in SPLITS})
+            if h.tune_threshold:
+                self.tuning = torchmetrics.MetricCollection({
+                    f"t{round(100 * t)}": torchmetrics.classification.MultilabelF1Score(
+                        len(names), threshold=t, average="micro") for t in THRESHOLD_GRID}, compute_groups=False)
+        else:
+            self.metrics = PerSplit({split: split_metrics(self.num_labels).clone(prefix=f"{split}/")
+                                     for split in SPLITS})
+        if (self.is_regression or self.is_multi_label) and (h.class_weights != "none" or h.loss != "cross_entropy"):
+            kind = "regression (one label) trains on the MSE" if self.is_regression else \
+                "multi-label classification trains one sigmoid per class (BCE)"
+            raise ConfigError(f"model.class_weights / model.loss: {kind}; set class_weights: none and loss: "
+                              "cross_entropy")
         self.class_weight = losses.training_class_weights(self)
         h.pooling = self.chosen_pooling()
         if h.pooling == "pooler":
@@ -157,19 +205,60 @@ class SequenceClassificationModule(TaskModule):
         h = self.hparams
         if self.is_regression:
             return F.mse_loss(logits.squeeze(-1), labels.float())
+        if self.is_multi_label:
+            return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
         if split == "train":
             return losses.classification_loss(logits, labels, self.class_weight, h.loss, h.focal_gamma,
                                               h.label_smoothing)
         return F.cross_entropy(logits, labels, label_smoothing=h.label_smoothing)
 
     def predictions(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits.squeeze(-1) if self.is_regression else logits.argmax(-1)
+        """What the metrics compare with the labels: scores, label probabilities (multi-label) or class ids."""
+        if self.is_regression:
+            return logits.squeeze(-1)
+        return logits.float().sigmoid() if self.is_multi_label else logits.argmax(-1)
+
+    @property
+    def threshold(self) -> float:
+        """The multi-label decision threshold: the one validation chose (tune_threshold), else the setting."""
+        return self.tuned_threshold if self.tuned_threshold is not None else self.hparams.threshold
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        if self.tuning is None or not any(metric.update_count for metric in self.tuning.values()):
+            return
+        scores = {int(key[1:]) / 100: float(v) for key, v in self.tuning.compute().items()}
+        self.tuning.reset()
+        best = max(THRESHOLD_GRID, key=lambda t: scores[t])  # ties: the lowest threshold
+        self.log_dict({"val/threshold": best, "val/f1_micro_tuned": scores[best]})
+        if not self.trainer.sanity_checking:
+            self.tuned_threshold = best  # the checkpoint written after this validation carries it
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self.tuned_threshold is not None:
+            checkpoint[THRESHOLD_KEY] = self.tuned_threshold
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.tuned_threshold = checkpoint.get(THRESHOLD_KEY)
+        super().on_load_checkpoint(checkpoint)
+
+    def write_export_extras(self, folder: Path) -> None:
+        """A multi-label export records its decision threshold in config.json (``multi_label_threshold``)."""
+        if self.is_multi_label:
+            path = folder / "config.json"
+            config = json.loads(path.read_text())
+            config["multi_label_threshold"] = self.threshold
+            path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
     def shared_step(self, batch: dict, split: str) -> torch.Tensor:
         outputs = student_outputs(self, batch, split)
         logits = outputs.logits
         loss = blended_loss(self, self.loss(logits, batch["labels"], split), outputs, batch, split)
-        self.metrics[split].update(self.predictions(logits.detach()), batch["labels"])
+        targets = batch["labels"].long() if self.is_multi_label else batch["labels"]
+        self.metrics[split].update(self.predictions(logits.detach()), targets)
+        if self.tuning is not None and split == "val":
+            self.tuning.update(self.predictions(logits.detach()), targets)
         self.log_loss(split, loss, len(batch["labels"]))
         return loss
 
@@ -178,6 +267,10 @@ class SequenceClassificationModule(TaskModule):
         if self.is_regression:
             return [{"id": i, "score": s} for i, s in zip(batch["example_id"], logits.squeeze(-1).tolist())]
         names = [self.labels[k] for k in sorted(self.labels)]
+        if self.is_multi_label:
+            return [{"id": example_id, "labels": [n for n, p in zip(names, probs) if p >= self.threshold],
+                     "scores": {n: round(p, 6) for n, p in zip(names, probs)}}
+                    for example_id, probs in zip(batch["example_id"], logits.sigmoid().tolist())]
         rows = []
         for example_id, probs in zip(batch["example_id"], logits.softmax(-1).tolist()):
             best = max(range(len(probs)), key=probs.__getitem__)

@@ -123,7 +123,9 @@ def run_task(args: argparse.Namespace) -> None:
     logged = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("val/")}
     # predict_dataloader falls back to the validation split: dev scores of the best checkpoint
     batches = cli.trainer.predict(cli.model, datamodule=dm, ckpt_path="best")
-    predictions = [row for batch in batches for row in batch]
+    # Predict batches come longest first: put the rows back in the split's order before scoring against its labels.
+    position = {example_id: i for i, example_id in enumerate(dm.splits["validation"]["example_id"])}
+    predictions = sorted((row for batch in batches for row in batch), key=lambda row: position[row["id"]])
     scores = dev_scores(task, predictions, dm.splits["validation"]["labels"], dm.id2label)
     emit_result(START, clock, len(dm.splits["train"]) * args.epochs, task=task, dev=scores, logged_last_epoch=logged,
                 train_examples=len(dm.splits["train"]), dev_examples=len(predictions), epochs=args.epochs)

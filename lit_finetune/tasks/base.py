@@ -37,7 +37,16 @@ from lit_finetune.training.checkpointing import NonFiniteError, non_finite_tenso
 from lit_finetune.training.layers import parameter_counts
 from lit_finetune.training.lora import KEY as LORA_KEY
 from lit_finetune.training.lora import LoraSettings, apply_lora, is_lora, merged_copy, save_adapter
-from lit_finetune.training.optim import Schedule, build_scheduler, param_groups
+from lit_finetune.training.optim import (
+    OPTIMIZERS,
+    Schedule,
+    build_scheduler,
+    is_schedule_free,
+    optimizer_class,
+    optimizer_defaults,
+    param_groups,
+    warmup_steps,
+)
 from lit_finetune.training.sharding import is_sharding, local, shard_task_module
 
 AttnImplementation = Literal["sdpa", "eager", "flash_attention_2", "flex_attention"]
@@ -85,6 +94,9 @@ class TaskModule(pl.LightningModule):
         layer_lr_decay: DecayFactor = 1.0,
         lr_cycles: PositiveInt = 1,
         min_lr_ratio: Probability = 0.1,
+        decay_phase: NonNegativeFloat = 0.1,
+        optimizer: str = "adamw",
+        optimizer_args: dict | None = None,
         adam_epsilon: PositiveFloat = 1e-8,
         fused_adamw: bool = True,
         trust_remote_code: bool = False,
@@ -106,11 +118,21 @@ class TaskModule(pl.LightningModule):
             warmup: Linear warmup, as a fraction of all training steps (< 1) or a number of steps (>= 1).
             lr_scheduler: Schedule, sized from the Trainer's estimated total steps: linear, cosine or
                 constant_with_warmup after warmup; cosine_with_restarts (``lr_cycles`` cosines); one_cycle (rise for
-                the warmup, then anneal); cyclic (triangular, ``lr_cycles`` cycles from ``min_lr_ratio`` x peak).
+                the warmup, then anneal); cyclic (triangular, ``lr_cycles`` cycles from ``min_lr_ratio`` x peak);
+                warmup_stable_decay (the peak held, then a cosine to ``min_lr_ratio`` x peak over ``decay_phase``);
+                cosine_with_min_lr (a cosine to ``min_lr_ratio`` x peak); inverse_sqrt (peak x sqrt(warmup/step)).
             layer_lr_decay: Layer-wise learning-rate decay: the head trains at ``learning_rate``, each Transformer
                 layer below it at ``layer_lr_decay`` times the one above, the embeddings lowest (1 = off).
             lr_cycles: Cycles of the cosine_with_restarts and cyclic schedules.
-            min_lr_ratio: Lowest learning rate of the cyclic schedule, as a fraction of the peak.
+            min_lr_ratio: Lowest learning rate of the cyclic, warmup_stable_decay and cosine_with_min_lr schedules,
+                as a fraction of the peak.
+            decay_phase: The final decay of warmup_stable_decay: a fraction of all steps (< 1) or a number of steps.
+            optimizer: ``adamw`` (PyTorch's, fused), ``adafactor`` (transformers', at this learning rate and
+                schedule), ``sgd`` (momentum 0.9), ``lion`` (lion-pytorch), ``adamw_8bit`` (bitsandbytes, CUDA),
+                ``schedule_free`` (schedulefree's AdamW: no schedule, it warms up itself for ``warmup``; evaluation
+                and checkpoints use its averaged weights), or the class path of any torch optimizer
+                (``torch.optim.RAdam``). Every one keeps the no-decay groups and layer-wise rates.
+            optimizer_args: Further arguments of the optimizer, e.g. ``{betas: [0.9, 0.95]}`` or ``{momentum: 0.8}``.
             adam_epsilon: AdamW epsilon.
             fused_adamw: Use PyTorch's fused AdamW kernel (faster on CPU and GPU); not with gradient clipping
                 under mixed precision, where Lightning unscales gradients itself.
@@ -141,6 +163,9 @@ class TaskModule(pl.LightningModule):
             raise ConfigError(f"model.layer_lr_decay: expected a factor in (0, 1], got {layer_lr_decay}")
         if lr_cycles < 1:
             raise ConfigError(f"model.lr_cycles: expected a positive number of cycles, got {lr_cycles}")
+        if optimizer not in OPTIMIZERS and "." not in optimizer:
+            raise ConfigError(f"model.optimizer: {optimizer!r} is neither one of {', '.join(OPTIMIZERS)} nor a class "
+                              "path (e.g. torch.optim.RAdam)")
         if attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
             raise ConfigError("model.attn_implementation: flash_attention_2 needs the flash-attn package, which is not "
                               "installed (pip install flash-attn, on a machine with a CUDA GPU); use sdpa")
@@ -362,15 +387,49 @@ class TaskModule(pl.LightningModule):
 
     def configure_optimizers(self):
         h = self.hparams
-        # Lightning refuses to clip gradients under mixed precision with an optimizer that unscales them itself.
-        clipped_amp = "mixed" in str(self.trainer.precision) and bool(self.trainer.gradient_clip_val)
-        fused = h.fused_adamw and self.device.type in ("cpu", "cuda") and not clipped_amp
+        total = self.trainer.estimated_stepping_batches
+        optimizer_cls = optimizer_class(h.optimizer, self.device.type)
+        kwargs = {**optimizer_defaults(h.optimizer), **(h.optimizer_args or {})}
+        if optimizer_cls is torch.optim.AdamW:
+            # Lightning refuses to clip gradients under mixed precision with an optimizer that unscales them itself.
+            clipped_amp = "mixed" in str(self.trainer.precision) and bool(self.trainer.gradient_clip_val)
+            fused = h.fused_adamw and self.device.type in ("cpu", "cuda") and not clipped_amp
+            kwargs = {"eps": h.adam_epsilon, "fused": fused, **kwargs}
+        if h.optimizer == "schedule_free":
+            kwargs.setdefault("warmup_steps", warmup_steps(h.warmup, total))
         # Every trainable parameter of the task module: the model, and any extra part (e.g. ELECTRA's generator).
         groups = param_groups(self, h.weight_decay, h.learning_rate, h.layer_lr_decay, self.model)
-        optimizer = torch.optim.AdamW(groups, lr=h.learning_rate, eps=h.adam_epsilon, fused=fused)
-        scheduler = build_scheduler(optimizer, h.lr_scheduler, h.warmup, self.trainer.estimated_stepping_batches,
-                                    h.lr_cycles, h.min_lr_ratio)
+        try:
+            optimizer = optimizer_cls(groups, lr=h.learning_rate, **kwargs)
+        except TypeError as err:
+            raise ConfigError(f"model.optimizer_args: {optimizer_cls.__name__} refuses {kwargs}: {err}") from None
+        if is_schedule_free(optimizer):
+            rank_zero_info(f"model.optimizer: {h.optimizer} warms up for {kwargs['warmup_steps']} steps itself and "
+                           f"follows no schedule (model.lr_scheduler={h.lr_scheduler} is not used)")
+            return optimizer
+        scheduler = build_scheduler(optimizer, h.lr_scheduler, h.warmup, total, h.lr_cycles, h.min_lr_ratio,
+                                    h.decay_phase)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def set_optimizer_mode(self, train: bool) -> None:
+        """A schedule-free optimizer's weights: the training point while training, its average for evaluation,
+        checkpoints and the export."""
+        for optimizer in self.trainer.optimizers if self._trainer is not None else ():
+            if is_schedule_free(optimizer):
+                optimizer.train() if train else optimizer.eval()
+
+    def on_train_epoch_start(self) -> None:
+        self.set_optimizer_mode(train=True)
+
+    def on_validation_start(self) -> None:
+        self.set_optimizer_mode(train=False)
+
+    def on_validation_end(self) -> None:
+        if self.fitting:  # callbacks (the checkpoint) ran first, with the averaged weights
+            self.set_optimizer_mode(train=True)
+
+    def on_train_end(self) -> None:
+        self.set_optimizer_mode(train=False)  # before on_fit_end, where the export is written
 
     def on_fit_start(self) -> None:
         key = getattr(self.datamodule, "packing_key", None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import math
 from typing import Literal
 
@@ -13,7 +15,18 @@ from transformers.trainer_pt_utils import get_parameter_names
 from lit_finetune.errors import ConfigError
 from lit_finetune.training.layers import layer_groups
 
-Schedule = Literal["linear", "cosine", "cosine_with_restarts", "constant_with_warmup", "one_cycle", "cyclic"]
+Schedule = Literal["linear", "cosine", "cosine_with_restarts", "constant_with_warmup", "one_cycle", "cyclic",
+                   "warmup_stable_decay", "cosine_with_min_lr", "inverse_sqrt"]
+OptimizerName = Literal["adamw", "adafactor", "sgd", "lion", "adamw_8bit", "schedule_free"]
+# name -> (module, class, pip package when it is not torch's or transformers'): the class path form takes any other
+OPTIMIZERS = {
+    "adamw": ("torch.optim", "AdamW", None),
+    "adafactor": ("transformers.optimization", "Adafactor", None),
+    "sgd": ("torch.optim", "SGD", None),
+    "lion": ("lion_pytorch", "Lion", "lion-pytorch"),
+    "adamw_8bit": ("bitsandbytes.optim", "AdamW8bit", "bitsandbytes"),
+    "schedule_free": ("schedulefree", "AdamWScheduleFree", "schedulefree"),
+}
 
 
 # The Hugging Face Trainer's rule (Trainer.get_decay_parameter_names): no decay for biases and normalization weights,
@@ -83,7 +96,7 @@ def warmup_steps(warmup: float, total_steps: int) -> int:
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, name: Schedule, warmup: float, total_steps: int,
-                    cycles: int = 1, min_lr_ratio: float = 0.1):
+                    cycles: int = 1, min_lr_ratio: float = 0.1, decay: float = 0.1):
     """A per-step schedule sized from the run's total steps; its state is checkpointed, so a resumed run continues the
     same curve. Each group's peak is its own ``lr`` (layer-wise rates keep their ratios).
 
@@ -91,9 +104,22 @@ def build_scheduler(optimizer: torch.optim.Optimizer, name: Schedule, warmup: fl
     - cosine_with_restarts: warmup, then `cycles` cosine decays, each restarting at the peak;
     - one_cycle: rise for the warmup (a cosine ramp from peak/25), then a cosine anneal to peak/1e4 (OneCycleLR);
     - cyclic: triangular cycles between ``min_lr_ratio`` x peak and the peak, `cycles` of them over the run
-      (CyclicLR; no separate warmup: each cycle starts low).
+      (CyclicLR; no separate warmup: each cycle starts low);
+    - warmup_stable_decay: warmup, the peak held, then a cosine decay to ``min_lr_ratio`` x peak over the last
+      `decay` of the run (a fraction < 1, or steps);
+    - cosine_with_min_lr: warmup, then a cosine decay to ``min_lr_ratio`` x peak instead of 0;
+    - inverse_sqrt: warmup, then the peak x sqrt(warmup / step) (the original Transformer's decay).
     """
     warmup_count = warmup_steps(warmup, total_steps)
+    if name == "warmup_stable_decay":
+        return get_scheduler(name, optimizer, num_warmup_steps=warmup_count, num_training_steps=total_steps,
+                             scheduler_specific_kwargs=dict(num_decay_steps=warmup_steps(decay, total_steps),
+                                                            min_lr_ratio=min_lr_ratio))
+    if name == "cosine_with_min_lr":
+        return get_scheduler(name, optimizer, num_warmup_steps=warmup_count, num_training_steps=total_steps,
+                             scheduler_specific_kwargs=dict(min_lr_rate=min_lr_ratio))
+    if name == "inverse_sqrt":
+        return get_scheduler(name, optimizer, num_warmup_steps=warmup_count, num_training_steps=total_steps)
     if name == "one_cycle":
         rise = min(max(warmup_count, 1) / total_steps, 0.5)  # OneCycleLR needs a rise of at least one step
         return OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total_steps,
@@ -106,6 +132,46 @@ def build_scheduler(optimizer: torch.optim.Optimizer, name: Schedule, warmup: fl
     extra = {"num_cycles": cycles} if name == "cosine_with_restarts" else {}
     return get_scheduler(name, optimizer, num_warmup_steps=warmup_count, num_training_steps=total_steps,
                          scheduler_specific_kwargs=extra)
+
+
+def optimizer_class(name: str, device_type: str, key: str = "model.optimizer"):
+    """The optimizer class a name (OPTIMIZERS) or a class path (``torch.optim.RAdam``) stands for.
+
+    Raises: ConfigError naming `key` when its package is missing, it cannot run on this device, or the path names
+    nothing importable.
+    """
+    if name in OPTIMIZERS:
+        module_name, class_name, package = OPTIMIZERS[name]
+        if package and importlib.util.find_spec(module_name.partition(".")[0]) is None:
+            raise ConfigError(f"{key}: {name} needs the {package} package: pip install {package}")
+        if name == "adamw_8bit" and device_type != "cuda":
+            raise ConfigError(f"{key}: adamw_8bit (bitsandbytes) keeps its 8-bit states on a CUDA GPU, and this run "
+                              f"is on {device_type}; use adamw")
+    else:
+        module_name, _, class_name = name.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError):
+        raise ConfigError(f"{key}: {name!r} is neither one of {', '.join(OPTIMIZERS)} nor an importable optimizer "
+                          "class path (e.g. torch.optim.RAdam)") from None
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        raise ConfigError(f"{key}: {name} is not a torch.optim.Optimizer")
+    return cls
+
+
+def optimizer_defaults(name: str) -> dict:
+    """What a named optimizer needs to follow this project's schedule and learning rate: Adafactor without its own
+    relative step sizes, SGD with momentum."""
+    if name == "adafactor":
+        return dict(scale_parameter=False, relative_step=False, warmup_init=False)
+    if name == "sgd":
+        return dict(momentum=0.9)
+    return {}
+
+
+def is_schedule_free(optimizer) -> bool:
+    """Schedule-free optimizers switch their weights between a training and an evaluation point (train()/eval())."""
+    return callable(getattr(optimizer, "eval", None)) and callable(getattr(optimizer, "train", None))
 
 
 def add_param_groups(optimizer: torch.optim.Optimizer, schedulers: list, groups: list[dict]) -> None:

@@ -36,7 +36,14 @@ from lit_finetune.training import epoch_state
 from lit_finetune.training.checkpointing import NonFiniteError, non_finite_tensors, read_checkpoint
 from lit_finetune.training.layers import parameter_counts
 from lit_finetune.training.lora import KEY as LORA_KEY
-from lit_finetune.training.lora import LoraSettings, apply_lora, is_lora, merged_copy, save_adapter
+from lit_finetune.training.lora import (
+    LoraSettings,
+    adapter_fits_the_base,
+    apply_lora,
+    is_lora,
+    merged_copy,
+    save_adapter,
+)
 from lit_finetune.training.optim import (
     OPTIMIZERS,
     Schedule,
@@ -526,7 +533,8 @@ class TaskModule(pl.LightningModule):
         with atomic_directory(output_dir, marker=EXPORT_MARKER) as tmp:
             if is_lora(self.model):
                 merged_copy(self.model).save_pretrained(tmp)
-                save_adapter(self.model, tmp / "adapter")
+                if adapter_fits_the_base(self.model):
+                    save_adapter(self.model, tmp / "adapter")
             else:
                 self.model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)

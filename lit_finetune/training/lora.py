@@ -46,6 +46,13 @@ class LoraSettings:
         modules_to_save: Modules trained in full and saved with the adapter. Null: the task head (classifier, score,
             qa_outputs, ...), but not a language model's output layer, which stays pretrained ([lm_head] trains it
             too, at the cost of a vocabulary-sized copy); [] trains no head.
+        use_dora: DoRA (weight-decomposed LoRA): each adapted weight's direction is updated by the low-rank term
+            and its magnitude learned apart; closer to full fine-tuning at low ranks, slower steps.
+        init: How the updates start: ``default`` (B = 0, A random: the model starts as the pretrained one),
+            ``gaussian``, or ``pissa`` / ``olora`` (A and B from the weight's principal singular vectors / a QR
+            decomposition, with the pretrained weight replaced by the residual). The merged export is the same
+            kind of model in every case; with pissa / olora ``adapter/`` is not written, since that adapter only
+            fits the residual weights.
     """
 
     # The docs are in the class docstring, not under each field: jsonargparse reads those without extra settings.
@@ -56,6 +63,8 @@ class LoraSettings:
     bias: Literal["none", "all", "lora_only"] = "none"
     use_rslora: bool = False
     modules_to_save: list[str] | None = None
+    use_dora: bool = False
+    init: Literal["default", "gaussian", "pissa", "olora"] = "default"
 
 
 def is_lora(model: nn.Module) -> bool:
@@ -81,9 +90,16 @@ def apply_lora(model: PreTrainedModel, settings: LoraSettings) -> PeftModel:
     targets = settings.target_modules if settings.target_modules is not None else default_targets(model)
     adapted = adapted_modules(model, targets, head)
     check_modules_to_save(model, head)
+    extra = {}
+    if settings.use_dora:
+        if "use_dora" not in LoraConfig.__dataclass_fields__:
+            raise ConfigError(f"{KEY}.use_dora: the installed peft has no DoRA; pip install 'peft>=0.9'")
+        extra["use_dora"] = True
+    if settings.init != "default":
+        extra["init_lora_weights"] = settings.init
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                         target_modules=targets, bias=settings.bias, use_rslora=settings.use_rslora,
-                        modules_to_save=head or None,
+                        modules_to_save=head or None, **extra,
                         # GPT-2's layers store their weights transposed; peft fixes a wrong guess with a warning
                         fan_in_fan_out=any(isinstance(module, Conv1D) for module in adapted))
     with warnings.catch_warnings():  # peft asks transformers 5 for a renamed property: noise the user cannot act on
@@ -153,6 +169,12 @@ def check_modules_to_save(model: nn.Module, names: list[str]) -> None:
         raise ConfigError(f"{KEY}.modules_to_save: {', '.join(map(repr, unmatched))} named no module of "
                           f"{type(model).__name__}; its top-level modules are: "
                           f"{', '.join(name for name, _ in model.named_children())}")
+
+
+def adapter_fits_the_base(peft_model: PeftModel) -> bool:
+    """False for PiSSA / OLoRA adapters, which were trained over residual weights, not the pretrained ones."""
+    init = peft_model.peft_config["default"].init_lora_weights
+    return not (isinstance(init, str) and init.startswith(("pissa", "olora")))
 
 
 def save_adapter(peft_model: PeftModel, folder: str | Path) -> Path:

@@ -23,7 +23,15 @@ from lit_finetune.backbones import load_model
 from lit_finetune.bounds import settings_dict
 from lit_finetune.errors import ConfigError
 from lit_finetune.training.layers import parameter_counts
-from lit_finetune.training.lora import KEY, LoraSettings, apply_lora, is_lora, merged_copy, save_adapter
+from lit_finetune.training.lora import (
+    KEY,
+    LoraSettings,
+    adapter_fits_the_base,
+    apply_lora,
+    is_lora,
+    merged_copy,
+    save_adapter,
+)
 
 # kind: (preset, Auto class, config overrides, peft's default targets for the model type, head trained in full)
 KINDS = {
@@ -283,3 +291,26 @@ def test_unknown_lora_key_is_named():
     with pytest.raises(ConfigError, match=r"model.lora: unknown keys \['rank'\]; expected some of \['r', "):
         settings_dict({"rank": 8}, LoraSettings, KEY)
     assert settings_dict({"r": 4}, LoraSettings, KEY)["r"] == 4 and settings_dict(None, LoraSettings, KEY) is None
+
+
+@pytest.mark.parametrize("settings", [dict(use_dora=True), dict(init="pissa"), dict(init="olora"),
+                                      dict(init="gaussian", use_dora=True)], ids=lambda s: "-".join(map(str, s.values())))
+def test_dora_and_initialisations_train_and_merge_into_a_plain_model(tmp_path, settings):
+    kind = "sequence_classification"
+    base = build(kind)
+    before = logits(base.eval(), kind)
+    peft_model = apply_lora(base, LoraSettings(**settings))
+    config = peft_model.peft_config["default"]
+    assert config.use_dora == settings.get("use_dora", False)
+    assert config.init_lora_weights == settings.get("init", True)
+    if settings.get("use_dora"):
+        assert any("lora_magnitude_vector" in name for name, _ in peft_model.named_parameters())
+    residual = settings.get("init") in ("pissa", "olora")
+    assert adapter_fits_the_base(peft_model) == (not residual)  # the export writes adapter/ only when it fits
+    if residual:  # residual + low-rank start equals the pretrained layer
+        torch.testing.assert_close(logits(peft_model.eval(), kind), before, atol=1e-4, rtol=1e-3)
+    train(peft_model, kind)
+    expected = logits(peft_model, kind)
+    merged_copy(peft_model).save_pretrained(tmp_path / "merged")
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
+    torch.testing.assert_close(logits(loaded, kind), expected, atol=1e-5, rtol=1e-4)

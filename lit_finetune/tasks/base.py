@@ -37,11 +37,17 @@ from lit_finetune.training.checkpointing import NonFiniteError, non_finite_tenso
 from lit_finetune.training.layers import parameter_counts
 from lit_finetune.training.lora import KEY as LORA_KEY
 from lit_finetune.training.lora import (
+    QUANTIZATION_KEY,
     LoraSettings,
+    QuantizationSettings,
     adapter_fits_the_base,
     apply_lora,
+    check_quantization,
+    full_precision_merge,
     is_lora,
     merged_copy,
+    prepare_for_kbit_training,
+    quantization_config,
     save_adapter,
 )
 from lit_finetune.training.optim import (
@@ -110,6 +116,7 @@ class TaskModule(pl.LightningModule):
         tokenizer_name_or_path: str | None = None,
         config_overrides: dict | None = None,
         lora: LoraSettings | None = None,
+        quantization: QuantizationSettings | None = None,
         max_bad_steps: NonNegativeInt = 0,
         gradient_checkpointing: bool = False,
         attn_implementation: AttnImplementation | None = None,
@@ -151,6 +158,9 @@ class TaskModule(pl.LightningModule):
             lora: Train low-rank adapters (peft) and the task head instead of every weight, e.g.
                 ``{r: 8, alpha: 16, target_modules: [query, value]}``; the export holds the merged model (no peft
                 needed to load it) and the adapter alone in ``adapter/``.
+            quantization: QLoRA: the base loaded in 4 bits by bitsandbytes (CUDA only), e.g. ``{quant_type: nf4,
+                compute_dtype: bfloat16}``, with ``lora`` set; peft's k-bit preparation is applied, and the export
+                re-reads the base in full precision before merging, so ``export/`` stays a plain Hugging Face folder.
             max_bad_steps: Batches whose loss or gradient norm is NaN or inf that may be skipped (no update) before
                 the run stops with an error naming the step (0: stop at the first).
             gradient_checkpointing: Recompute each Transformer block's activations in the backward pass instead of
@@ -177,6 +187,7 @@ class TaskModule(pl.LightningModule):
             raise ConfigError("model.attn_implementation: flash_attention_2 needs the flash-attn package, which is not "
                               "installed (pip install flash-attn, on a machine with a CUDA GPU); use sdpa")
         lora = settings_dict(lora, LoraSettings, LORA_KEY)
+        quantization = settings_dict(quantization, QuantizationSettings, QUANTIZATION_KEY)
         self.save_hyperparameters(logger=False)  # the CLI logs the run's config, with dotted keys (RunConfig)
         plain_hparams(self)
         if self.hparams.get("labels") is not None:
@@ -184,6 +195,7 @@ class TaskModule(pl.LightningModule):
         self.model: PreTrainedModel | None = None
         self.tokenizer = None
         self.pretrained_weights = True  # False when a checkpoint supplies the weights (no need to read them twice)
+        self.full_precision = False  # True while the export re-reads a QLoRA run's base in full precision
         self.distiller = None  # a task that distils sets a tasks.distillation.Distiller; its teacher loads in fit
         self.bad_steps = 0
         self.best = {"max": torchmetrics.MaxMetric, "min": torchmetrics.MinMetric}[self.best_mode]() \
@@ -204,6 +216,8 @@ class TaskModule(pl.LightningModule):
             config_overrides = {**(h.config_overrides or {}), **config_overrides}
         if h.get("attn_implementation"):
             config_overrides["attn_implementation"] = h.attn_implementation
+        if h.get("quantization") and not model_name_or_path and self.pretrained_weights and not self.full_precision:
+            config_overrides["quantization_config"] = quantization_config(QuantizationSettings(**h.quantization))
         return backbones.load_model(model_name_or_path or h.model_name_or_path, model_class, h.trust_remote_code,
                                     pretrained=self.pretrained_weights, tokenizer_name_or_path=h.tokenizer_name_or_path,
                                     **config_overrides)
@@ -236,6 +250,8 @@ class TaskModule(pl.LightningModule):
                 enable(activation_checkpointing_kwargs={"use_reentrant": False})
             else:
                 self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if h.get("quantization") and getattr(self.model, "is_loaded_in_4bit", False):
+            self.model = prepare_for_kbit_training(self.model, bool(h.get("gradient_checkpointing")))
         if h.lora is not None:  # before any checkpoint loads: its keys are the wrapped model's
             self.model = apply_lora(self.model, LoraSettings(**h.lora))
         # from_pretrained returns eval mode, and Lightning keeps submodules' modes: without this, dropout stays off.
@@ -253,6 +269,8 @@ class TaskModule(pl.LightningModule):
         if self._trainer is None:
             return
         device = self.trainer.strategy.root_device.type
+        if h.get("quantization"):
+            check_quantization(QuantizationSettings(**h.quantization), device, h.lora)
         if h.get("attn_implementation") == "flash_attention_2":
             if device != "cuda":
                 raise ConfigError(f"model.attn_implementation: flash_attention_2 runs on CUDA GPUs only, and this run "
@@ -531,7 +549,9 @@ class TaskModule(pl.LightningModule):
             raise NonFiniteError(f"export: the model holds NaN or inf ({len(bad)} tensors, e.g. {bad[0]}); nothing "
                                  f"written to {output_dir}")
         with atomic_directory(output_dir, marker=EXPORT_MARKER) as tmp:
-            if is_lora(self.model):
+            if is_lora(self.model) and self.hparams.get("quantization"):
+                self.full_precision_model().save_pretrained(tmp)
+            elif is_lora(self.model):
                 merged_copy(self.model).save_pretrained(tmp)
                 if adapter_fits_the_base(self.model):
                     save_adapter(self.model, tmp / "adapter")
@@ -540,6 +560,20 @@ class TaskModule(pl.LightningModule):
             self.tokenizer.save_pretrained(tmp)
             self.write_export_extras(tmp)
         return Path(output_dir)
+
+    def full_precision_model(self) -> PreTrainedModel:
+        """A QLoRA run's model for the export: the task's model built again over the base read in full precision,
+        with the trained adapters and head moved onto it and merged."""
+        # build_model also sets the task's parts (metrics, a CRF): keep the trained ones
+        modules, attributes = dict(self._modules), {k: v for k, v in vars(self).items() if not k.startswith("_")}
+        self.full_precision = True
+        try:
+            base = self.build_model()
+        finally:
+            self._modules.clear()
+            self._modules.update(modules)
+            self.__dict__.update(attributes)
+        return full_precision_merge(self.model, base, LoraSettings(**self.hparams.lora))
 
     def write_export_extras(self, folder: Path) -> None:
         """Files a task adds to its export beside the model and tokenizer (inside the same atomic write)."""

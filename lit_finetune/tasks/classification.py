@@ -123,6 +123,12 @@ class SequenceClassificationModule(TaskModule):
     def is_regression(self) -> bool:
         return self.num_labels == 1
 
+    def adopt_from_data(self) -> None:
+        dm = self.datamodule
+        if self.hparams.get("multi_label") is None and getattr(dm, "splits", None) is None:
+            self.hparams["multi_label"] = False  # no data to ask (and checkpoints from before label sets)
+        super().adopt_from_data()
+
     @property
     def is_multi_label(self) -> bool:
         return bool(self.hparams.get("multi_label"))

@@ -192,3 +192,67 @@ def merged_copy(peft_model: PeftModel) -> PreTrainedModel:
     The copy is made first, so exporting needs room for a second model on the same device.
     """
     return copy.deepcopy(peft_model).merge_and_unload()
+
+
+@dataclass
+class QuantizationSettings:
+    """QLoRA: the frozen base weights loaded in 4 bits (bitsandbytes), LoRA adapters trained over them.
+
+    Args:
+        load_in_4bit: Load the base weights in 4 bits.
+        quant_type: The 4-bit data type: nf4 (normal float, QLoRA's) or fp4.
+        compute_dtype: The dtype the 4-bit weights are dequantized to for each matmul.
+        double_quant: Quantize the quantization constants too (about 0.4 bits per weight less).
+    """
+
+    load_in_4bit: bool = True
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    double_quant: bool = True
+
+
+QUANTIZATION_KEY = "model.quantization"
+
+
+def check_quantization(settings: QuantizationSettings, device_type: str, lora: dict | None) -> None:
+    """Refuse, before any weights are read, 4-bit loading that this machine or run cannot do."""
+    import importlib.util
+
+    if lora is None:
+        raise ConfigError(f"{QUANTIZATION_KEY}: 4-bit base weights cannot be trained; QLoRA trains LoRA adapters over "
+                          "them: set model.lora (e.g. {r: 16})")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError(f"{QUANTIZATION_KEY}: 4-bit loading needs the bitsandbytes package: pip install bitsandbytes "
+                          "(on a CUDA machine)")
+    if device_type != "cuda":
+        raise ConfigError(f"{QUANTIZATION_KEY}: bitsandbytes' 4-bit training runs on CUDA GPUs, and this run is on "
+                          f"{device_type}; remove model.quantization (plain LoRA runs here)")
+
+
+def quantization_config(settings: QuantizationSettings):
+    """transformers' BitsAndBytesConfig for `from_pretrained`."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=settings.load_in_4bit, bnb_4bit_quant_type=settings.quant_type,
+                              bnb_4bit_compute_dtype=getattr(torch, settings.compute_dtype),
+                              bnb_4bit_use_double_quant=settings.double_quant)
+
+
+def prepare_for_kbit_training(model: PreTrainedModel, gradient_checkpointing: bool) -> PreTrainedModel:
+    """peft's preparation of a 4-bit model: norms in fp32, input gradients on for checkpointing."""
+    from peft import prepare_model_for_kbit_training  # noqa: PLC0415
+
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+
+
+def full_precision_merge(peft_model: PeftModel, full_precision_base: PreTrainedModel,
+                         settings: LoraSettings) -> PreTrainedModel:
+    """The trained adapters and head of a (4-bit) peft model moved onto a full-precision copy of its base, merged:
+    a plain Hugging Face model, as a LoRA run without quantization exports."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict  # noqa: PLC0415
+
+    fresh = apply_lora(full_precision_base, settings)
+    state = {k: v.float() for k, v in get_peft_model_state_dict(peft_model).items()}
+    set_peft_model_state_dict(fresh, state)
+    return fresh.merge_and_unload()

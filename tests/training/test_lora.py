@@ -314,3 +314,39 @@ def test_dora_and_initialisations_train_and_merge_into_a_plain_model(tmp_path, s
     merged_copy(peft_model).save_pretrained(tmp_path / "merged")
     loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
     torch.testing.assert_close(logits(loaded, kind), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_qlora_is_refused_where_it_cannot_run(tmp_path, tiny_data):
+    """4-bit loading needs bitsandbytes and a CUDA GPU (the GPU check runs it); on CPU it stops before any weights
+    are read, and without LoRA there would be nothing to train."""
+    from helpers import tiny_args
+
+    from lit_finetune.commands.fit import LitFinetuneCLI
+
+    def args(name, *extra):
+        return tiny_args(tiny_data, tmp_path / name, "--model.init_args.quantization={quant_type: nf4}", *extra)
+
+    with pytest.raises(ConfigError, match="model.quantization: 4-bit base weights cannot be trained; QLoRA"):
+        LitFinetuneCLI(args=["fit", *args("no_lora")])
+    with pytest.raises(ConfigError, match=r"model.quantization: (4-bit loading needs the bitsandbytes package|"
+                                          r"bitsandbytes' 4-bit training runs on CUDA GPUs, and this run is on cpu)"):
+        LitFinetuneCLI(args=["fit", *args("cpu", "--model.init_args.lora={r: 4}")])
+    assert not (tmp_path / "cpu" / "checkpoints").exists()
+
+
+def test_full_precision_merge_moves_the_trained_adapters_onto_a_fresh_base():
+    """The QLoRA export's path, on a model this CPU can run: adapters and head moved onto the base read again and
+    merged give the outputs of the trained model, and the task module keeps its own parts."""
+    from lit_finetune.tasks import SequenceClassificationModule
+
+    module = SequenceClassificationModule(model_name_or_path="tiny:bert", labels={0: "a", 1: "b", 2: "c"},
+                                          lora={"r": 4})
+    torch.manual_seed(0)  # a random preset: the same seed reads "the same pretrained base" again below
+    module.configure_model()
+    metrics = module.metrics
+    train(module.model, "sequence_classification")
+    expected = logits(module.model, "sequence_classification")
+    torch.manual_seed(0)
+    merged = module.full_precision_model().eval()
+    assert not is_lora(merged) and module.metrics is metrics and is_lora(module.model)
+    torch.testing.assert_close(logits(merged, "sequence_classification"), expected, atol=1e-5, rtol=1e-4)

@@ -1,11 +1,11 @@
-"""A classification head over pooled token states (``[CLS]``, mean or max), for backbones whose own head sits on a
-pooler that was never trained (sentence-transformers checkpoints such as all-MiniLM-L6-v2).
+"""Classification and multiple-choice heads over pooled token states (``[CLS]``, mean or max), for backbones whose
+own head sits on a pooler that was never trained (sentence-transformers checkpoints such as all-MiniLM-L6-v2).
 
-Transformers' stock classes pool one way per architecture (BERT: the pooler over ``[CLS]``), so this head is a small
-Hugging Face model class of its own: any ``AutoModel`` backbone, the pooling, dropout and a linear layer. Importing
-this module registers it with ``AutoConfig`` and ``AutoModelForSequenceClassification`` (model type
-``lit_finetune_pooled``), so an export loads with ``from_pretrained`` and ``pipeline`` after ``import
-lit_finetune.heads``, with no ``trust_remote_code``.
+Transformers' stock classes pool one way per architecture (BERT: the pooler over ``[CLS]``), so these heads are small
+Hugging Face model classes of their own: any ``AutoModel`` backbone, the pooling, dropout and a linear layer.
+Importing this module registers them with ``AutoConfig``, ``AutoModelForSequenceClassification`` and
+``AutoModelForMultipleChoice`` (model type ``lit_finetune_pooled``), so an export loads with ``from_pretrained`` and
+``pipeline`` after ``import lit_finetune.heads``, with no ``trust_remote_code``.
 """
 
 from __future__ import annotations
@@ -16,9 +16,15 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from huggingface_hub.dataclasses import strict
-from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForMultipleChoice,
+    AutoModelForSequenceClassification,
+    PreTrainedModel,
+)
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
-from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.modeling_outputs import MultipleChoiceModelOutput, SequenceClassifierOutput
 
 from lit_finetune.errors import ConfigError
 
@@ -71,8 +77,12 @@ class PooledForSequenceClassification(PreTrainedModel):
         self.backbone = drop_pooler(AutoModel.from_config(text))
         dropout = config.classifier_dropout
         self.dropout = torch.nn.Dropout(getattr(text, "hidden_dropout_prob", 0.1) if dropout is None else dropout)
-        self.classifier = torch.nn.Linear(text.hidden_size, config.num_labels)
+        self.classifier = torch.nn.Linear(text.hidden_size, self.scores_per_input(config))
         self.post_init()
+
+    @staticmethod
+    def scores_per_input(config: PooledClassifierConfig) -> int:
+        return config.num_labels
 
     def _init_weights(self, module: torch.nn.Module) -> None:
         if module is self.classifier:  # the backbone's own modules initialise themselves as its class does
@@ -99,6 +109,28 @@ class PooledForSequenceClassification(PreTrainedModel):
         return F.cross_entropy(logits, labels)
 
 
+class PooledForMultipleChoice(PooledForSequenceClassification):
+    """One score per (context, choice) input from its pooled states; ``MultipleChoiceModelOutput`` logits of shape
+    [batch, choices], like transformers' multiple-choice heads."""
+
+    @staticmethod
+    def scores_per_input(config: PooledClassifierConfig) -> int:
+        return 1
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, **backbone_inputs) -> MultipleChoiceModelOutput:
+        backbone_inputs.pop("return_dict", None)
+        batch, choices = input_ids.shape[:2]
+        flat = {name: value.flatten(0, 1) if isinstance(value, torch.Tensor) and value.dim() > 2 else value
+                for name, value in backbone_inputs.items()}
+        mask = attention_mask.flatten(0, 1) if attention_mask is not None else None
+        outputs = self.backbone(input_ids=input_ids.flatten(0, 1), attention_mask=mask, **flat)
+        pooled = pool(outputs.last_hidden_state, mask, self.config.pooling)
+        logits = self.classifier(self.dropout(pooled)).view(batch, choices)
+        return MultipleChoiceModelOutput(loss=None if labels is None else F.cross_entropy(logits, labels),
+                                         logits=logits, hidden_states=outputs.hidden_states,
+                                         attentions=outputs.attentions)
+
+
 def drop_pooler(backbone: PreTrainedModel) -> PreTrainedModel:
     """The backbone without BERT-style pooler weights, which this head never uses (and so never trains)."""
     if getattr(backbone, "pooler", None) is not None:
@@ -106,11 +138,13 @@ def drop_pooler(backbone: PreTrainedModel) -> PreTrainedModel:
     return backbone
 
 
-def pooled_classifier(backbone: PreTrainedModel, pooling: str, **head_settings) -> PooledForSequenceClassification:
-    """A pooled head over an already loaded backbone (its weights kept as they are; the linear layer random)."""
+def pooled_classifier(backbone: PreTrainedModel, pooling: str, head_class=None,
+                      **head_settings) -> PooledForSequenceClassification:
+    """A pooled head (`head_class`: sequence classification by default, or PooledForMultipleChoice) over an already
+    loaded backbone (its weights kept as they are; the linear layer random)."""
     config = PooledClassifierConfig(text_config=backbone.config, pooling=pooling, **head_settings)
     with torch.device("meta"):  # no time or memory spent on a second, random backbone
-        model = PooledForSequenceClassification(config)
+        model = (head_class or PooledForSequenceClassification)(config)
     model.backbone = drop_pooler(backbone)
     model.dropout = torch.nn.Dropout(model.dropout.p)
     model.classifier = torch.nn.Linear(model.classifier.in_features, model.classifier.out_features)
@@ -168,3 +202,4 @@ def checkpoint_file(source: str, name: str) -> str | None:
 
 AutoConfig.register(MODEL_TYPE, PooledClassifierConfig, exist_ok=True)
 AutoModelForSequenceClassification.register(PooledClassifierConfig, PooledForSequenceClassification, exist_ok=True)
+AutoModelForMultipleChoice.register(PooledClassifierConfig, PooledForMultipleChoice, exist_ok=True)

@@ -4,23 +4,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 import torchmetrics
-from lightning.pytorch.utilities import rank_zero_info
-from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, PreTrainedModel
+from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
-from lit_finetune import backbones, heads
+from lit_finetune import heads
 from lit_finetune.bounds import Fraction, NonNegativeFloat, Probability, settings_dict
 from lit_finetune.errors import ConfigError
 from lit_finetune.tasks.base import PerSplit, TaskModule
 from lit_finetune.tasks.distillation import DistillationSettings, Distiller, blended_loss, student_outputs
+from lit_finetune.tasks.pooling import Pooling, build_head, resolve_pooling
 from lit_finetune.training import losses
 
 SPLITS = ("train", "val", "test")
-Pooling = Literal["pooler", "cls", "mean", "max"]
 THRESHOLD_GRID = [round(0.05 * i, 2) for i in range(1, 20)]  # what tune_threshold tries on validation
 THRESHOLD_KEY = "lit_finetune_threshold"  # checkpoint entry: the threshold validation chose (tune_threshold)
 
@@ -165,44 +163,13 @@ class SequenceClassificationModule(TaskModule):
                               "cross_entropy")
         self.class_weight = losses.training_class_weights(self)
         h.pooling = self.chosen_pooling()
-        if h.pooling == "pooler":
-            return self.load_backbone(self.auto_class, **overrides)
-        if self.backbone_config().model_type == heads.MODEL_TYPE:  # an earlier pooled export: its head continues
-            return self.load_backbone(self.auto_class, pooling=h.pooling, **overrides)
-        return heads.pooled_classifier(self.load_backbone(AutoModel), h.pooling, **overrides)
-
-    def backbone_config(self):
-        h = self.hparams
-        source = backbones.resolve(h.model_name_or_path)
-        if backbones.preset(source):
-            sizes, model_type = backbones.preset(source)
-            return AutoConfig.for_model(model_type, **sizes)
-        return AutoConfig.from_pretrained(source, trust_remote_code=h.trust_remote_code)
+        return build_head(self, self.auto_class, heads.PooledForSequenceClassification, **overrides)
 
     def chosen_pooling(self) -> str:
         """The configured pooling, checked against the backbone; unset, the checkpoint's own (logged)."""
-        h, key = self.hparams, "model.pooling"
-        config = self.backbone_config()
-        if h.pooling is None:
-            source = backbones.resolve(h.model_name_or_path)
-            found = config.pooling if config.model_type == heads.MODEL_TYPE else None
-            found = found or (None if backbones.preset(source) else heads.sentence_transformers_pooling(source))
-            if found:
-                rank_zero_info(f"{key}: {found} (the pooling {h.model_name_or_path} was trained with; set "
-                               f"{key} to change it)")
-            return found or "pooler"
-        if h.pooling == "pooler":
-            if config.model_type == heads.MODEL_TYPE:
-                raise ConfigError(f"{key}: {h.model_name_or_path} is a lit_finetune export with a {config.pooling} "
-                                  "head and no pooler; use cls, mean or max")
-            from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+        from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
 
-            if config.model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
-                raise ConfigError(f"{key}: transformers has no sequence-classification head for "
-                                  f"{config.model_type}; use cls, mean or max")
-            return "pooler"
-        heads.check_pooling(config.get_text_config(), h.pooling, key)
-        return h.pooling
+        return resolve_pooling(self, MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES, "sequence-classification")
 
     def forward(self, batch: dict) -> torch.Tensor:
         return self.model(**self.model_inputs(batch)).logits

@@ -81,3 +81,24 @@ def test_distillation_is_refused_in_one_line(capsys, tmp_path):
                                    "--model.init_args.distillation.teacher=some/teacher"])
     assert "distillation" in line
     assert not (tmp_path / "run").exists()
+
+
+def test_mean_pooled_choices_export_scores_alike(tmp_path):
+    from lit_finetune import heads
+
+    files = {split: write_rows(tmp_path / "data" / f"{split}.csv", story_rows(n, seed, split))
+             for split, n, seed in (("train", 32, 0), ("validation", 16, 1))}
+    run_dir = tmp_path / "run"
+    LitFinetuneCLI(args=["fit", *swag_args(files, run_dir, "--trainer.max_epochs=2", "--model.init_args.pooling=mean")])
+    [best] = (run_dir / "checkpoints").glob("best-*.ckpt")
+    module = MultipleChoiceModule.load_checkpoint(best).eval()
+    assert module.hparams.pooling == "mean" and isinstance(module.model, heads.PooledForMultipleChoice)
+    model = AutoModelForMultipleChoice.from_pretrained(run_dir / "export").eval()
+    assert isinstance(model, heads.PooledForMultipleChoice) and model.config.pooling == "mean"
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "export")
+    example = story_rows(2, 5, "x")[0]
+    enc = tokenizer([example["sent1"]] * 4, [f"{example['sent2']} {example[f'ending{k}']}" for k in range(4)],
+                    padding=True, return_tensors="pt")
+    batch = {k: v.unsqueeze(0) for k, v in enc.items()}
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, module(batch), atol=1e-5, rtol=1e-4)

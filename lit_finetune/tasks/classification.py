@@ -1,4 +1,5 @@
-"""Sequence and sentence-pair classification, and regression (``num_labels: 1``), on a Hugging Face head."""
+"""Sequence and sentence-pair classification, multi-label classification and regression (``num_labels: 1``), on a
+Hugging Face head or a pooled one (lit_finetune/heads.py)."""
 
 from __future__ import annotations
 
@@ -55,9 +56,11 @@ class SequenceClassificationModule(TaskModule):
     """Fine-tunes ``AutoModelForSequenceClassification``; logs ``train/loss``, ``val/acc``, ``val/f1``, ...
 
     Features: the pooling of token states under the head (the model's own pooler, [CLS], mean or max; a
-    sentence-transformers checkpoint's own by default); label smoothing; MSE regression; knowledge distillation
-    from a teacher (see tasks/distillation.py); one torchmetrics collection per split, plus the best validation
-    value so far (``val/acc_best`` or ``val/spearman_best``); predictions with class probabilities.
+    sentence-transformers checkpoint's own by default); label sets (multi-label: BCE, micro/macro/per-label F1,
+    exact match, a tunable threshold); class weights and the focal loss; label smoothing; MSE regression; knowledge
+    distillation from a teacher (see tasks/distillation.py); one torchmetrics collection per split, plus the best
+    validation value so far (``val/acc_best``, ``val/f1_micro_best`` or ``val/spearman_best``); predictions with
+    class probabilities (label sets with scores for multi-label).
     Raises: ConfigError when a checkpoint's labels differ from the data's, the teacher does not fit the student, or
     the backbone cannot give the pooling.
     """

@@ -67,5 +67,5 @@ def test_runs_that_differ_by_strategy_show_it(tmp_path, tiny_data):
                                                      "--plot", str(tmp_path / "c.png")])}
     assert rows["frozen"]["callbacks"] == "FreezeLayers(policy=feature_extraction, layers=0)"
     assert rows["full"]["callbacks"] is None
-    assert rows["frozen"]["model.learning_rate"] == 1e-3 and rows["full"]["model.learning_rate"] == 3e-3
+    assert rows["frozen"]["model.learning_rate"] == 1e-2 and rows["full"]["model.learning_rate"] == 3e-3
     assert rows["frozen"]["trainable params"] < rows["full"]["trainable params"]

@@ -235,3 +235,24 @@ def write_report(report: dict, markdown: str, output) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nWrote {output}")
+
+
+def trainer_arguments(config_path, output_dir, epochs: int, **overrides):
+    """transformers' TrainingArguments for a Trainer baseline of a shipped lit_finetune config: its seed, batch size
+    (evaluation: 2x, as lit_finetune's), AdamW (fused) settings, warmup, schedule, clipping and length grouping."""
+    from pathlib import Path
+
+    import yaml
+    from transformers import TrainingArguments
+
+    config = yaml.safe_load(Path(config_path).read_text())
+    model, data = config["model"]["init_args"], config["data"]["init_args"]
+    batch = int(data["batch_size"])
+    return TrainingArguments(
+        output_dir=str(output_dir), num_train_epochs=epochs, seed=config["seed_everything"],
+        per_device_train_batch_size=batch, per_device_eval_batch_size=2 * batch,
+        learning_rate=float(model["learning_rate"]), weight_decay=float(model["weight_decay"]),
+        warmup_steps=float(model["warmup"]), lr_scheduler_type=model["lr_scheduler"],  # warmup: a ratio < 1
+        max_grad_norm=float(config["trainer"]["gradient_clip_val"]), optim="adamw_torch_fused",
+        train_sampling_strategy="group_by_length" if data.get("group_by_length") else "random",
+        dataloader_num_workers=0, save_strategy="no", eval_strategy="no", report_to="none", **overrides)

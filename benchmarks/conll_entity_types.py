@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import minilm_path, new_report, provenance_lines, write_report
+from common import minilm_path, new_report, provenance_lines, trainer_arguments, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).resolve().relative_to(REPO)
@@ -105,13 +105,12 @@ def run_hf(args: argparse.Namespace, files: dict[str, Path]) -> None:
         AutoTokenizer,
         DataCollatorWithPadding,
         Trainer,
-        TrainingArguments,
         set_seed,
     )
 
     started = time.perf_counter()
     config = yaml.safe_load(Path(CONFIG).read_text())
-    model_args, data_args = config["model"]["init_args"], config["data"]["init_args"]
+    data_args = config["data"]["init_args"]
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
 
     def dataset(split: str, limit: int | None = None) -> Dataset:
@@ -126,14 +125,7 @@ def run_hf(args: argparse.Namespace, files: dict[str, Path]) -> None:
     model = AutoModelForSequenceClassification.from_pretrained(
         minilm_path(), num_labels=len(TYPES), problem_type="multi_label_classification",
         id2label=dict(enumerate(TYPES)), label2id={t: i for i, t in enumerate(TYPES)})
-    batch = int(data_args["batch_size"])
-    training_args = TrainingArguments(
-        output_dir=str(Path(args.out) / "hf"), num_train_epochs=args.epochs, seed=config["seed_everything"],
-        per_device_train_batch_size=batch, per_device_eval_batch_size=2 * batch,
-        learning_rate=float(model_args["learning_rate"]), weight_decay=float(model_args["weight_decay"]),
-        warmup_steps=float(model_args["warmup"]), lr_scheduler_type=model_args["lr_scheduler"],
-        max_grad_norm=float(config["trainer"]["gradient_clip_val"]), optim="adamw_torch_fused",
-        dataloader_num_workers=0, save_strategy="no", eval_strategy="no", report_to="none")
+    training_args = trainer_arguments(CONFIG, Path(args.out) / "hf", args.epochs)
 
     def scores(p) -> dict:
         predicted = 1 / (1 + np.exp(-p.predictions)) >= 0.5

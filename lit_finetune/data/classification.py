@@ -162,6 +162,11 @@ class TextClassificationDataModule(SplitsDataModule):
         if len(names) < 2:
             raise DataError(f"{source}: column {h.label_column!r} has a single class {names}; classification needs "
                             "at least 2 (set data.num_labels: 1 for regression)")
+        return self.numbered(names)
+
+    def numbered(self, names: list[str]) -> dict[int, str]:
+        """The classes in id order, checked against ``num_labels`` when it is set."""
+        h = self.hparams
         if h.num_labels is not None and h.num_labels != len(names):
             raise ConfigError(f"data.num_labels: set to {h.num_labels} but the training data has {len(names)} "
                               f"classes {names}; remove data.num_labels or fix it")
@@ -200,10 +205,7 @@ class TextClassificationDataModule(SplitsDataModule):
         if len(names) < 2:
             raise DataError(f"{source}: the label sets hold a single class {names}; multi-label classification "
                             "needs at least 2")
-        if h.num_labels is not None and h.num_labels != len(names):
-            raise ConfigError(f"data.num_labels: set to {h.num_labels} but the training data has {len(names)} "
-                              f"classes {names}; remove data.num_labels or fix it")
-        return dict(enumerate(names))
+        return self.numbered(names)
 
     def check_label_kinds(self, train: datasets.Dataset, source: str) -> None:
         """String labels are names or ids, not both: "1" beside "positive" would become classes of their own.

@@ -256,3 +256,38 @@ def trainer_arguments(config_path, output_dir, epochs: int, **overrides):
         max_grad_norm=float(config["trainer"]["gradient_clip_val"]), optim="adamw_torch_fused",
         train_sampling_strategy="group_by_length" if data.get("group_by_length") else "random",
         dataloader_num_workers=0, save_strategy="no", eval_strategy="no", report_to="none", **overrides)
+
+
+# The shipped SST-2 recipe switched from the hub to the local GLUE TSVs (paths relative to the repo root).
+SST2_LOCAL = ["--data.init_args.dataset_name=null", "--data.init_args.dataset_config=null",
+              "--data.init_args.id_column=null", "--data.init_args.train_file=../shared/data/sst2/train.tsv",
+              "--data.init_args.validation_file=../shared/data/sst2/dev.tsv",
+              "--data.init_args.label_names=[negative, positive]"]
+
+
+def fit_run(run_dir, *args: str):
+    """`lit-finetune fit ARGS` in its own process into `run_dir`, skipped when that folder holds a finished run (so
+    a rerun of a benchmark continues), and the run as `lit-finetune compare` reads it."""
+    from pathlib import Path
+
+    from lit_finetune.commands.compare import Run
+
+    if not (Path(run_dir) / "run.json").is_file():
+        command = [sys.executable, "-m", "lit_finetune", "fit", *args, f"--trainer.default_root_dir={run_dir}"]
+        print("\n$ " + " ".join(command[1:]), flush=True)
+        subprocess.run(command, check=True)
+    return Run.read(run_dir)
+
+
+def child_result(command: list[str]) -> dict:
+    """Run a benchmark's child process (its output kept out of the way) and return the result line it printed
+    with `emit_line`."""
+    print("\n$ " + shlex.join(command[1:]), flush=True)
+    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    return json.loads(next(line for line in reversed(done.stdout.splitlines()) if line.startswith(RESULT_PREFIX))
+                      [len(RESULT_PREFIX):])
+
+
+def emit_line(result: dict) -> None:
+    """A child's result line, for `child_result` (or `run_child`) to find among the frameworks' output."""
+    print(RESULT_PREFIX + json.dumps(result), flush=True)

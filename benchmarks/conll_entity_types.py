@@ -19,11 +19,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
-from common import minilm_path, new_report, provenance_lines, trainer_arguments, write_report
+from common import (
+    child_result,
+    emit_line,
+    fit_run,
+    minilm_path,
+    new_report,
+    provenance_lines,
+    trainer_arguments,
+    write_report,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).resolve().relative_to(REPO)
@@ -75,17 +83,10 @@ def build(args: argparse.Namespace) -> dict[str, Path]:
 
 
 def fit(run_dir: Path, files: dict[str, Path], extra: list[str], args: argparse.Namespace) -> dict:
-    if not (run_dir / "run.json").is_file():
-        command = [sys.executable, "-m", "lit_finetune", "fit", "--config", CONFIG,
-                   f"--data.init_args.train_file={files['train']}",
-                   f"--data.init_args.validation_file={files['validation']}",
-                   f"--data.init_args.max_train_examples={args.max_train_examples}", *extra,
-                   f"--trainer.max_epochs={args.epochs}", f"--trainer.default_root_dir={run_dir}"]
-        print("\n$ " + " ".join(command[1:]), flush=True)
-        subprocess.run(command, check=True)
-    from lit_finetune.commands.compare import Run
-
-    run = Run.read(run_dir)
+    run = fit_run(run_dir, "--config", CONFIG, f"--data.init_args.train_file={files['train']}",
+                  f"--data.init_args.validation_file={files['validation']}",
+                  f"--data.init_args.max_train_examples={args.max_train_examples}", *extra,
+                  f"--trainer.max_epochs={args.epochs}")
     last = {key: run.curve(key)[-1][2] for key in
             ("val/f1_micro", "val/f1", "val/exact_match", "val/threshold", "val/f1_micro_tuned")}
     return dict(run=str(run_dir), f1_micro=last["val/f1_micro"], f1_macro=last["val/f1"],
@@ -141,15 +142,12 @@ def run_hf(args: argparse.Namespace, files: dict[str, Path]) -> None:
     trainer.train()
     metrics = trainer.evaluate()
     result = {key: metrics[f"eval_{key}"] for key in ("f1_micro", "f1_macro", "exact_match")}
-    print("RESULT " + json.dumps({**result, "wall_s": time.perf_counter() - started}), flush=True)
+    emit_line({**result, "wall_s": time.perf_counter() - started})
 
 
 def hf_baseline(args: argparse.Namespace) -> dict:
-    command = [sys.executable, str(SCRIPT), "--hf", f"--max_train_examples={args.max_train_examples}",
-               f"--epochs={args.epochs}", f"--data_dir={args.data_dir}", f"--out={args.out}"]
-    print("\n$ " + " ".join(command[1:]), flush=True)
-    done = subprocess.run(command, check=True, capture_output=True, text=True)
-    return json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    return child_result([sys.executable, str(SCRIPT), "--hf", f"--max_train_examples={args.max_train_examples}",
+                         f"--epochs={args.epochs}", f"--data_dir={args.data_dir}", f"--out={args.out}"])
 
 
 def markdown(report: dict) -> str:

@@ -17,11 +17,10 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
-from common import new_report, provenance_lines, write_report
+from common import fit_run, new_report, provenance_lines, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).resolve().relative_to(REPO)
@@ -51,17 +50,10 @@ def parse_args() -> argparse.Namespace:
 
 def fit(run_dir: Path, task: dict, grouped: bool, seed: int, args: argparse.Namespace) -> dict:
     """One run (skipped when its folder holds a finished one) and its dev metric, speed and padding."""
-    if not (run_dir / "run.json").is_file():
-        command = [sys.executable, "-m", "lit_finetune", "fit", "--config", task["config"], *task["data"],
-                   f"--data.init_args.max_train_examples={args.max_train_examples}",
-                   f"--data.init_args.group_by_length={str(grouped).lower()}", f"--seed_everything={seed}",
-                   f"--trainer.max_epochs={args.epochs}", "--trainer.callbacks+=lit_finetune.callbacks.Throughput",
-                   f"--trainer.default_root_dir={run_dir}"]
-        print("\n$ " + " ".join(command[1:]), flush=True)
-        subprocess.run(command, check=True)
-    from lit_finetune.commands.compare import Run
-
-    run = Run.read(run_dir)
+    run = fit_run(run_dir, "--config", task["config"], *task["data"],
+                  f"--data.init_args.max_train_examples={args.max_train_examples}",
+                  f"--data.init_args.group_by_length={str(grouped).lower()}", f"--seed_everything={seed}",
+                  f"--trainer.max_epochs={args.epochs}", "--trainer.callbacks+=lit_finetune.callbacks.Throughput")
     last = {key: run.curve(key)[-1][2] for key in
             ("perf/samples_per_s", "perf/tokens_per_s", "perf/pad_fraction", "perf/peak_rss_mb")}
     return dict(run=str(run_dir), seed=seed, setting=SETTINGS[grouped],

@@ -17,11 +17,10 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import subprocess
 import sys
 from pathlib import Path
 
-from common import new_report, provenance_lines, write_report
+from common import SST2_LOCAL, fit_run, new_report, provenance_lines, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).resolve().relative_to(REPO)
@@ -67,18 +66,9 @@ def build_subset(args: argparse.Namespace) -> tuple[Path, dict]:
 
 def fit(run_dir: Path, train_file: Path, extra: list[str], args: argparse.Namespace) -> dict:
     """One run (skipped when its folder holds a finished one) and its dev scores."""
-    if not (run_dir / "run.json").is_file():
-        command = [sys.executable, "-m", "lit_finetune", "fit", "--config", TASK,
-                   "--data.init_args.dataset_name=null", "--data.init_args.dataset_config=null",
-                   "--data.init_args.id_column=null", f"--data.init_args.train_file={train_file}",
-                   f"--data.init_args.validation_file={SST2 / 'dev.tsv'}",
-                   "--data.init_args.label_names=[negative, positive]", *extra,
-                   f"--trainer.max_epochs={args.epochs}", f"--trainer.default_root_dir={run_dir}"]
-        print("\n$ " + " ".join(command[1:]), flush=True)
-        subprocess.run(command, check=True)
-    from lit_finetune.commands.compare import Run
-
-    run = Run.read(run_dir)
+    dev_only = [arg for arg in SST2_LOCAL if "train_file" not in arg]  # the subset is the training file
+    run = fit_run(run_dir, "--config", TASK, *dev_only, f"--data.init_args.train_file={train_file}", *extra,
+                  f"--trainer.max_epochs={args.epochs}")
     best = max(run.curve("val/acc"), key=lambda point: point[2])[1]  # the best checkpoint's step, by val/acc
     at_best = {key: next(v for _, step, v in run.curve(key) if step == best) for key in
                ("val/f1", "val/acc", "val/f1_binary")}

@@ -17,14 +17,21 @@ Set HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLE
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tarfile
 from pathlib import Path
 
-from common import minilm_path, new_report, provenance_lines, trainer_arguments, write_report
+from common import (
+    child_result,
+    emit_line,
+    fit_run,
+    minilm_path,
+    new_report,
+    provenance_lines,
+    trainer_arguments,
+    write_report,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).resolve().relative_to(REPO)
@@ -79,18 +86,12 @@ def build_subset(args: argparse.Namespace) -> dict[str, Path]:
 
 
 def fit(run_dir: Path, folders: dict[str, Path], extra: list[str], args: argparse.Namespace) -> dict:
-    if not (run_dir / "run.json").is_file():
-        command = [sys.executable, "-m", "lit_finetune", "fit", "--config", CONFIG,
-                   "--data.init_args.dataset_name=null", f"--data.init_args.train_file={folders['train']}",
-                   f"--data.init_args.validation_file={folders['test']}", "--data.init_args.label_names=[neg, pos]",
-                   "--data.init_args.id_column=file", f"--data.init_args.max_length={args.max_length}", *extra,
-                   f"--trainer.max_epochs={args.epochs}", "--trainer.callbacks+=lit_finetune.callbacks.Throughput",
-                   f"--trainer.default_root_dir={run_dir}"]
-        print("\n$ " + " ".join(command[1:]), flush=True)
-        subprocess.run(command, check=True)
-    from lit_finetune.commands.compare import Run
-
-    run = Run.read(run_dir)
+    run = fit_run(run_dir, "--config", CONFIG, "--data.init_args.dataset_name=null",
+                  f"--data.init_args.train_file={folders['train']}",
+                  f"--data.init_args.validation_file={folders['test']}",
+                  "--data.init_args.label_names=[neg, pos]", "--data.init_args.id_column=file",
+                  f"--data.init_args.max_length={args.max_length}", *extra, f"--trainer.max_epochs={args.epochs}",
+                  "--trainer.callbacks+=lit_finetune.callbacks.Throughput")
     return dict(run=str(run_dir), test_acc=max(v for _, _, v in run.curve("val/acc")),
                 samples_per_s=run.curve("perf/samples_per_s")[-1][2], wall_s=run.record.get("wall_s"))
 
@@ -140,17 +141,13 @@ def run_hf(args: argparse.Namespace, folders: dict[str, Path]) -> None:
     accuracy = trainer.evaluate()["eval_accuracy"]
     result = dict(test_acc=accuracy, samples_per_s=output.metrics["train_samples_per_second"],
                   wall_s=time.perf_counter() - started)
-    print("RESULT " + json.dumps(result), flush=True)
+    emit_line(result)
 
 
 def hf_baseline(args: argparse.Namespace) -> dict:
-    command = [sys.executable, str(SCRIPT), "--hf", f"--train_reviews={args.train_reviews}",
-               f"--test_reviews={args.test_reviews}", f"--max_length={args.max_length}", f"--epochs={args.epochs}",
-               f"--data_dir={args.data_dir}", f"--out={args.out}"]
-    print("\n$ " + " ".join(command[1:]), flush=True)
-    done = subprocess.run(command, check=True, capture_output=True, text=True)
-    line = next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))
-    return json.loads(line.removeprefix("RESULT "))
+    return child_result([sys.executable, str(SCRIPT), "--hf", f"--train_reviews={args.train_reviews}",
+                         f"--test_reviews={args.test_reviews}", f"--max_length={args.max_length}",
+                         f"--epochs={args.epochs}", f"--data_dir={args.data_dir}", f"--out={args.out}"])
 
 
 def markdown(report: dict) -> str:

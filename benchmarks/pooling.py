@@ -17,20 +17,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
 
-from common import new_report, provenance_lines, write_report
+from common import SST2_LOCAL, fit_run, new_report, provenance_lines, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).resolve().relative_to(REPO)
-SST2 = Path("../shared/data/sst2")  # relative to the repo root (main() changes into it)
 TASK = "configs/classification/sst2.yaml"
-LOCAL_DATA = ["--data.init_args.dataset_name=null", "--data.init_args.dataset_config=null",
-              "--data.init_args.id_column=null", f"--data.init_args.train_file={SST2 / 'train.tsv'}",
-              f"--data.init_args.validation_file={SST2 / 'dev.tsv'}",
-              "--data.init_args.label_names=[negative, positive]"]
 STRATEGIES = {name: f"configs/strategies/{name}.yaml" for name in ("full", "feature_extraction", "lora")}
 POOLINGS = ("pooler", "mean")
 
@@ -47,16 +41,10 @@ def parse_args() -> argparse.Namespace:
 
 def fit(run_dir: Path, strategy: str, pooling: str, args: argparse.Namespace) -> dict:
     """One run (skipped when its folder holds a finished one) and its dev accuracy, size and speed."""
-    if not (run_dir / "run.json").is_file():
-        command = [sys.executable, "-m", "lit_finetune", "fit", "--config", TASK, "--config", STRATEGIES[strategy],
-                   *LOCAL_DATA, f"--data.init_args.max_train_examples={args.max_train_examples}",
-                   f"--model.init_args.pooling={pooling}", f"--trainer.max_epochs={args.epochs}",
-                   "--trainer.callbacks+=lit_finetune.callbacks.Throughput", f"--trainer.default_root_dir={run_dir}"]
-        print("\n$ " + " ".join(command[1:]), flush=True)
-        subprocess.run(command, check=True)
-    from lit_finetune.commands.compare import Run
-
-    run = Run.read(run_dir)
+    run = fit_run(run_dir, "--config", TASK, "--config", STRATEGIES[strategy], *SST2_LOCAL,
+                  f"--data.init_args.max_train_examples={args.max_train_examples}",
+                  f"--model.init_args.pooling={pooling}", f"--trainer.max_epochs={args.epochs}",
+                  "--trainer.callbacks+=lit_finetune.callbacks.Throughput")
     last = {key: run.curve(key)[-1][2] for key in ("params/trainable", "perf/samples_per_s", "perf/peak_rss_mb")}
     return dict(run=str(run_dir), strategy=strategy, pooling=pooling,
                 dev_acc=max(v for _, _, v in run.curve("val/acc")), wall_s=run.record.get("wall_s"), **last)

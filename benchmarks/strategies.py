@@ -27,16 +27,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import new_report, provenance_lines, write_report
+from common import SST2_LOCAL, new_report, provenance_lines, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).resolve().relative_to(REPO)
 SST2 = Path("../shared/data/sst2")  # relative to the repo root (main() changes into it)
 TASK = "configs/classification/sst2.yaml"
-LOCAL_DATA = ["--data.init_args.dataset_name=null", "--data.init_args.dataset_config=null",
-              "--data.init_args.id_column=null", f"--data.init_args.train_file={SST2 / 'train.tsv'}",
-              f"--data.init_args.validation_file={SST2 / 'dev.tsv'}",
-              "--data.init_args.label_names=[negative, positive]"]
 MEASURED = "--trainer.callbacks+=lit_finetune.callbacks.Throughput"
 
 
@@ -114,7 +110,7 @@ def main() -> None:
     sys.path.insert(0, str(REPO))
     out = Path(args.out)
     budget = [f"--data.init_args.max_train_examples={args.max_train_examples}", "--trainer.max_epochs=1", MEASURED,
-              *LOCAL_DATA]
+              *SST2_LOCAL]
     sweep_dir = out / "sweep"
     lit_finetune("sweep", "sweeps/strategies.yaml", f"--sweep_dir={sweep_dir}", "--", *budget)
     lit_finetune("compare", "--sweep", str(sweep_dir), "--markdown", str(sweep_dir / "compare.md"))

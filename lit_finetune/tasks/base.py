@@ -142,7 +142,7 @@ class TaskModule(pl.LightningModule):
                 as a fraction of the peak.
             decay_phase: The final decay of warmup_stable_decay: a fraction of all steps (< 1) or a number of steps.
             optimizer: ``adamw`` (PyTorch's, fused), ``adafactor`` (transformers', at this learning rate and
-                schedule), ``sgd`` (momentum 0.9), ``lion`` (lion-pytorch), ``adamw_8bit`` (bitsandbytes, CUDA),
+                schedule), ``sgd`` (momentum 0.9), ``lion`` (lion-pytorch), ``adamw_8bit`` (bitsandbytes),
                 ``schedule_free`` (schedulefree's AdamW: no schedule, it warms up itself for ``warmup``; evaluation
                 and checkpoints use its averaged weights), or the class path of any torch optimizer
                 (``torch.optim.RAdam``). Every one keeps the no-decay groups and layer-wise rates.

@@ -13,6 +13,7 @@ from transformers import get_scheduler
 from transformers.trainer_pt_utils import get_parameter_names
 
 from lit_finetune.errors import ConfigError
+from lit_finetune.training.kbit import check_bitsandbytes
 from lit_finetune.training.layers import layer_groups
 
 Schedule = Literal["linear", "cosine", "cosine_with_restarts", "constant_with_warmup", "one_cycle", "cyclic",
@@ -142,11 +143,10 @@ def optimizer_class(name: str, device_type: str, key: str = "model.optimizer"):
     """
     if name in OPTIMIZERS:
         module_name, class_name, package = OPTIMIZERS[name]
-        if package and importlib.util.find_spec(module_name.partition(".")[0]) is None:
+        if name == "adamw_8bit":
+            check_bitsandbytes(key, "adamw_8bit (8-bit optimizer states)", device_type, "use adamw")
+        elif package and importlib.util.find_spec(module_name.partition(".")[0]) is None:
             raise ConfigError(f"{key}: {name} needs the {package} package: pip install {package}")
-        if name == "adamw_8bit" and device_type != "cuda":
-            raise ConfigError(f"{key}: adamw_8bit (bitsandbytes) keeps its 8-bit states on a CUDA GPU, and this run "
-                              f"is on {device_type}; use adamw")
     else:
         module_name, _, class_name = name.rpartition(".")
     try:

@@ -92,6 +92,20 @@ def tiny_args(data: dict[str, Path], run_dir: Path, *extra: str, config: Path = 
     return args + list(extra)
 
 
+def pretrained_tiny_bert(folder: Path, **sizes) -> Path:
+    """The tiny BERT preset saved as a pretrained folder (weights and tokenizer), for what needs weights to read, such
+    as 4-bit loading, which quantizes them as it reads them."""
+    import torch
+    from transformers import AutoModel
+
+    from lit_finetune.backbones import load_model, load_tokenizer
+
+    torch.manual_seed(0)
+    load_model("tiny:bert", AutoModel, **sizes).save_pretrained(folder)
+    load_tokenizer("tiny:bert").save_pretrained(folder)
+    return folder
+
+
 def free_port() -> int:
     """A TCP port nothing listens on now, for a test's process group to rendezvous on loopback."""
     with socket.socket() as s:

@@ -2,7 +2,7 @@
 CoNLL-2003 NER) by a second --config, and trains a few steps that way, with tiny models and local data."""
 
 import pytest
-from helpers import REPO, entity_sentences, tiny_args, tiny_splits, write_conll
+from helpers import REPO, entity_sentences, pretrained_tiny_bert, tiny_args, tiny_splits, write_conll
 
 from lit_finetune.commands.fit import LitFinetuneCLI
 from lit_finetune.training.layers import parameter_counts
@@ -44,16 +44,26 @@ def teachers(tmp_path_factory):
     return folders
 
 
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """QLoRA quantizes pretrained weights as it reads them: the tiny preset saved as a folder."""
+    return pretrained_tiny_bert(tmp_path_factory.mktemp("pretrained"))
+
+
 @pytest.mark.parametrize("task", list(TASKS))
 @pytest.mark.parametrize("strategy", STRATEGIES, ids=lambda p: p.stem)
 def test_strategy_composes_with_task_config_and_trains(strategy, task, tmp_path, request):
     extra = [f"--model.init_args.distillation.teacher={request.getfixturevalue('teachers')[task]}"] \
         if strategy.stem == "distillation" else []
+    if strategy.stem == "qlora":  # SST-2 over a pooled head, whose 4-bit part is the backbone it wraps
+        extra = [f"--model.init_args.model_name_or_path={request.getfixturevalue('pretrained')}",
+                 *(["--model.init_args.pooling=mean"] if task == "sst2" else [])]
     run_dir = tmp_path / "run"
     cli = LitFinetuneCLI(args=["fit", *TASKS[task](tmp_path / "data", run_dir, *SHORT_RUN, "--config", str(strategy),
                                                    *extra)])
     assert cli.trainer.global_step == 4
     assert (run_dir / "export" / "config.json").is_file()
     trainable, total = parameter_counts(cli.model)
-    frozen_by_design = {"feature_extraction", "top2_layers", "freeze_bottom", "lora"}  # gradual: all by step 4
+    frozen_by_design = {"feature_extraction", "top2_layers", "freeze_bottom", "lora", "qlora"}  # gradual: all by step 4
     assert (trainable < total) == (strategy.stem in frozen_by_design)
+    assert cli.model.quantized == (strategy.stem == "qlora")

@@ -44,11 +44,14 @@ from lit_finetune.training.lora import (
     apply_lora,
     check_quantization,
     full_precision_merge,
+    full_precision_modules,
     is_lora,
+    loaded_in_4bit,
     merged_copy,
     prepare_for_kbit_training,
     quantization_config,
     save_adapter,
+    trainable_state,
 )
 from lit_finetune.training.optim import (
     OPTIMIZERS,
@@ -65,6 +68,8 @@ from lit_finetune.training.sharding import is_sharding, local, shard_task_module
 AttnImplementation = Literal["sdpa", "eager", "flash_attention_2", "flex_attention"]
 TASK_KEY = "lit_finetune_task"  # checkpoint entry naming the task class, so `export` needs no config
 BEST_KEY = "lit_finetune_best"  # checkpoint entry: the best validation value so far, which a resume continues
+# checkpoint entry of a QLoRA run: its state dict holds the trained weights only, the 4-bit base is read again
+ADAPTERS_ONLY_KEY = "lit_finetune_adapters_only"
 
 
 class PerSplit(torch.nn.ModuleDict):
@@ -158,8 +163,9 @@ class TaskModule(pl.LightningModule):
             lora: Train low-rank adapters (peft) and the task head instead of every weight, e.g.
                 ``{r: 8, alpha: 16, target_modules: [query, value]}``; the export holds the merged model (no peft
                 needed to load it) and the adapter alone in ``adapter/``.
-            quantization: QLoRA: the base loaded in 4 bits by bitsandbytes (CUDA only), e.g. ``{quant_type: nf4,
-                compute_dtype: bfloat16}``, with ``lora`` set; peft's k-bit preparation is applied, and the export
+            quantization: QLoRA: the base loaded in 4 bits by bitsandbytes (CUDA GPUs, and CPUs from 0.48), e.g.
+                ``{quant_type: nf4}``, with ``lora`` set; the head stays in full precision, peft's k-bit preparation
+                is applied, checkpoints hold the trained weights only (the base is read again), and the export
                 re-reads the base in full precision before merging, so ``export/`` stays a plain Hugging Face folder.
             max_bad_steps: Batches whose loss or gradient norm is NaN or inf that may be skipped (no update) before
                 the run stops with an error naming the step (0: stop at the first).
@@ -217,7 +223,11 @@ class TaskModule(pl.LightningModule):
         if h.get("attn_implementation"):
             config_overrides["attn_implementation"] = h.attn_implementation
         if h.get("quantization") and not model_name_or_path and self.pretrained_weights and not self.full_precision:
-            config_overrides["quantization_config"] = quantization_config(QuantizationSettings(**h.quantization))
+            with torch.device("meta"):  # the architecture alone, to find the modules that stay in full precision
+                skeleton = backbones.load_model(h.model_name_or_path, model_class, h.trust_remote_code,
+                                                pretrained=False, **config_overrides)
+            config_overrides["quantization_config"] = quantization_config(
+                QuantizationSettings(**h.quantization), self.device_type, full_precision_modules(skeleton))
         return backbones.load_model(model_name_or_path or h.model_name_or_path, model_class, h.trust_remote_code,
                                     pretrained=self.pretrained_weights, tokenizer_name_or_path=h.tokenizer_name_or_path,
                                     **config_overrides)
@@ -226,6 +236,11 @@ class TaskModule(pl.LightningModule):
     def datamodule(self):
         """The Trainer's data module, if there is one (not when loading a checkpoint on its own)."""
         return getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+
+    @property
+    def device_type(self) -> str:
+        """The device the Trainer runs on (cpu, cuda, ...); cpu for a module loaded on its own."""
+        return self.trainer.strategy.root_device.type if self._trainer is not None else "cpu"
 
     @property
     def fitting(self) -> bool:
@@ -250,8 +265,8 @@ class TaskModule(pl.LightningModule):
                 enable(activation_checkpointing_kwargs={"use_reentrant": False})
             else:
                 self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if h.get("quantization") and getattr(self.model, "is_loaded_in_4bit", False):
-            self.model = prepare_for_kbit_training(self.model, bool(h.get("gradient_checkpointing")))
+        if h.get("quantization") and loaded_in_4bit(self.model):
+            self.model = prepare_for_kbit_training(self.model)
         if h.lora is not None:  # before any checkpoint loads: its keys are the wrapped model's
             self.model = apply_lora(self.model, LoraSettings(**h.lora))
         # from_pretrained returns eval mode, and Lightning keeps submodules' modes: without this, dropout stays off.
@@ -268,9 +283,9 @@ class TaskModule(pl.LightningModule):
         h = self.hparams
         if self._trainer is None:
             return
-        device = self.trainer.strategy.root_device.type
+        device = self.device_type
         if h.get("quantization"):
-            check_quantization(QuantizationSettings(**h.quantization), device, h.lora)
+            check_quantization(QuantizationSettings(**h.quantization), device, h.lora, h.model_name_or_path)
         if h.get("attn_implementation") == "flash_attention_2":
             if device != "cuda":
                 raise ConfigError(f"model.attn_implementation: flash_attention_2 runs on CUDA GPUs only, and this run "
@@ -530,6 +545,14 @@ class TaskModule(pl.LightningModule):
                 self.pending_epoch_sums = epoch_state.merge_logged(results, self.pending_epoch_sums)
             state = epoch_state.capture(self, results)
             checkpoint[epoch_state.STATE_KEY] = gather_objects(state, self.trainer.world_size)  # one per process
+        if self.quantized:
+            checkpoint["state_dict"] = trainable_state(checkpoint["state_dict"], self.model)
+            checkpoint[ADAPTERS_ONLY_KEY] = True
+
+    @property
+    def quantized(self) -> bool:
+        """Whether the base was loaded in 4 bits (a QLoRA run)."""
+        return self.model is not None and loaded_in_4bit(self.model)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint.get("hyper_parameters", {})
@@ -540,6 +563,19 @@ class TaskModule(pl.LightningModule):
         self.resumed_best = checkpoint.get(BEST_KEY)
         self.resumed_epoch = checkpoint.get(epoch_state.STATE_KEY)
         self.configure_model()  # `load_from_checkpoint` never calls it, and the weights need somewhere to go
+        if checkpoint.get(ADAPTERS_ONLY_KEY):
+            self.check_adapters_only(checkpoint["state_dict"])
+
+    def check_adapters_only(self, state_dict: dict) -> None:
+        """Let a QLoRA checkpoint (trained weights only) load over the 4-bit base read from the pretrained model, once
+        every trained weight is known to be in it."""
+        missing = sorted(set(trainable_state(self.state_dict(), self.model)) - set(state_dict))
+        if missing or not self.quantized:
+            what = f"lacks {len(missing)} trained weights (e.g. {missing[0]})" if missing else \
+                "holds the trained weights of a 4-bit (QLoRA) run, and this module's base is not in 4 bits"
+            raise ConfigError(f"--ckpt_path: the checkpoint {what}; load it with the run's own model.lora and "
+                              "model.quantization")
+        self.strict_loading = False  # the frozen base stays as read; every other weight comes from the checkpoint
 
     def export(self, output_dir: str | Path) -> Path:
         """Write a Hugging Face folder (model + tokenizer) that `from_pretrained` and `pipeline` load; with LoRA, the
@@ -591,9 +627,9 @@ class TaskModule(pl.LightningModule):
         cls = getattr(importlib.import_module(module_name), class_name)
         hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
         module = cls(**hparams)
-        module.pretrained_weights = False
+        module.pretrained_weights = bool(checkpoint.get(ADAPTERS_ONLY_KEY))  # a QLoRA run's frozen base: read again
         module.on_load_checkpoint(checkpoint)
-        module.load_state_dict(checkpoint["state_dict"])
+        module.load_state_dict(checkpoint["state_dict"], strict=module.strict_loading)
         return module
 
 

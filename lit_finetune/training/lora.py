@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Literal
 from torch import nn
 from transformers import Conv1D, PreTrainedModel
 
+from lit_finetune.backbones import preset, resolve
 from lit_finetune.errors import ConfigError
+from lit_finetune.training.kbit import check_bitsandbytes
 
 if TYPE_CHECKING:  # peft is imported where it is used: it adds a second to every command's start-up
     from peft import PeftModel
@@ -201,49 +203,83 @@ class QuantizationSettings:
     Args:
         load_in_4bit: Load the base weights in 4 bits.
         quant_type: The 4-bit data type: nf4 (normal float, QLoRA's) or fp4.
-        compute_dtype: The dtype the 4-bit weights are dequantized to for each matmul.
+        compute_dtype: The dtype the 4-bit weights are dequantized to for each matmul; null: bfloat16 on a GPU,
+            float32 on CPU (where bfloat16 matmuls are many times slower).
         double_quant: Quantize the quantization constants too (about 0.4 bits per weight less).
     """
 
     load_in_4bit: bool = True
     quant_type: Literal["nf4", "fp4"] = "nf4"
-    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    compute_dtype: Literal["bfloat16", "float16", "float32"] | None = None
     double_quant: bool = True
 
 
 QUANTIZATION_KEY = "model.quantization"
 
 
-def check_quantization(settings: QuantizationSettings, device_type: str, lora: dict | None) -> None:
+def check_quantization(settings: QuantizationSettings, device_type: str, lora: dict | None,
+                       model_name_or_path: str) -> None:
     """Refuse, before any weights are read, 4-bit loading that this machine or run cannot do."""
-    import importlib.util
-
     if lora is None:
         raise ConfigError(f"{QUANTIZATION_KEY}: 4-bit base weights cannot be trained; QLoRA trains LoRA adapters over "
                           "them: set model.lora (e.g. {r: 16})")
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise ConfigError(f"{QUANTIZATION_KEY}: 4-bit loading needs the bitsandbytes package: pip install bitsandbytes "
-                          "(on a CUDA machine)")
-    if device_type != "cuda":
-        raise ConfigError(f"{QUANTIZATION_KEY}: bitsandbytes' 4-bit training runs on CUDA GPUs, and this run is on "
-                          f"{device_type}; remove model.quantization (plain LoRA runs here)")
+    if preset(resolve(model_name_or_path)):
+        raise ConfigError(f"{QUANTIZATION_KEY}: {model_name_or_path} is a randomly initialised size preset, and 4-bit "
+                          "loading quantizes pretrained weights as they are read; name a pretrained model (a hub id "
+                          "or a folder written by save_pretrained)")
+    check_bitsandbytes(QUANTIZATION_KEY, "4-bit training", device_type,
+                       "remove model.quantization (plain LoRA runs everywhere)")
 
 
-def quantization_config(settings: QuantizationSettings):
-    """transformers' BitsAndBytesConfig for `from_pretrained`."""
+def quantization_config(settings: QuantizationSettings, device_type: str, keep_full_precision: list[str]):
+    """transformers' BitsAndBytesConfig for `from_pretrained`; the modules in `keep_full_precision` (the task head,
+    which trains in full, and what transformers keeps by default) are not quantized."""
     import torch
     from transformers import BitsAndBytesConfig
 
+    compute_dtype = settings.compute_dtype or ("float32" if device_type == "cpu" else "bfloat16")
     return BitsAndBytesConfig(load_in_4bit=settings.load_in_4bit, bnb_4bit_quant_type=settings.quant_type,
-                              bnb_4bit_compute_dtype=getattr(torch, settings.compute_dtype),
-                              bnb_4bit_use_double_quant=settings.double_quant)
+                              bnb_4bit_compute_dtype=getattr(torch, compute_dtype),
+                              bnb_4bit_use_double_quant=settings.double_quant,
+                              llm_int8_skip_modules=keep_full_precision)
 
 
-def prepare_for_kbit_training(model: PreTrainedModel, gradient_checkpointing: bool) -> PreTrainedModel:
-    """peft's preparation of a 4-bit model: norms in fp32, input gradients on for checkpointing."""
+def full_precision_modules(skeleton: PreTrainedModel) -> list[str]:
+    """The modules of a model (built on the meta device: no weights read) that 4-bit loading must leave alone:
+    the task head, trained in full by LoRA, and what transformers keeps in full precision by default (the output
+    embeddings, tied weights, the last layer). Naming any module replaces transformers' defaults, hence both."""
+    from transformers.quantizers.base import get_keys_to_not_convert  # noqa: PLC0415
+
+    return sorted(set(get_keys_to_not_convert(skeleton)) | set(task_head(skeleton)))
+
+
+def trainable_state(state_dict: dict, module: nn.Module, prefix: str = "model.") -> dict:
+    """A QLoRA checkpoint's weights: every entry of `state_dict` but the frozen (4-bit) base under `prefix`, which
+    loading reads again from the pretrained model (bitsandbytes' packed weights do not load back into a model)."""
+    trainable = {prefix + name for name, p in module.named_parameters() if p.requires_grad}
+    return {k: v for k, v in state_dict.items() if not k.startswith(prefix) or k in trainable}
+
+
+def loaded_in_4bit(model: nn.Module) -> bool:
+    """Whether any part of `model` was loaded in 4 bits: the model itself, or the backbone a pooled head wraps."""
+    return any(getattr(module, "is_loaded_in_4bit", False) for module in model.modules())
+
+
+def prepare_for_kbit_training(model: PreTrainedModel) -> PreTrainedModel:
+    """peft's preparation of a 4-bit model: base frozen, half-precision weights cast to fp32. Gradient
+    checkpointing stays as the task module set it (non-reentrant, which needs no input-gradient hook).
+
+    bitsandbytes' 4-bit layers repack their weights for its fast CPU inference kernel at the first forward pass
+    without gradients (a validation step) and never back, and a later training step through that kernel fails
+    (bitsandbytes 0.50): the layers keep the format both training and evaluation compute in.
+    """
+    from bitsandbytes.nn import Linear4bit  # noqa: PLC0415
     from peft import prepare_model_for_kbit_training  # noqa: PLC0415
 
-    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    for module in model.modules():
+        if isinstance(module, Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
 def full_precision_merge(peft_model: PeftModel, full_precision_base: PreTrainedModel,

@@ -316,22 +316,106 @@ def test_dora_and_initialisations_train_and_merge_into_a_plain_model(tmp_path, s
     torch.testing.assert_close(logits(loaded, kind), expected, atol=1e-5, rtol=1e-4)
 
 
-def test_qlora_is_refused_where_it_cannot_run(tmp_path, tiny_data):
-    """4-bit loading needs bitsandbytes and a CUDA GPU (the GPU check runs it); on CPU it stops before any weights
-    are read, and without LoRA there would be nothing to train."""
+@pytest.fixture
+def pretrained_bert_folder(tmp_path):
+    """A tiny BERT saved as a pretrained folder, 64 wide (one bitsandbytes quantization block per row)."""
+    from helpers import pretrained_tiny_bert
+
+    return pretrained_tiny_bert(tmp_path / "pretrained", hidden_size=64, intermediate_size=128)
+
+
+QLORA = ("--model.init_args.quantization={quant_type: nf4}", "--model.init_args.lora={r: 4, alpha: 8, dropout: 0.0}")
+
+
+def test_qlora_trains_4bit_on_cpu_checkpoints_the_adapters_and_exports_a_full_precision_model(
+        tmp_path, tiny_data, pretrained_bert_folder):
+    """QLoRA end to end on this CPU: the base trains in 4 bits (float32 compute on CPU), checkpoints hold the trained
+    weights only, `export` re-reads the base in full precision and merges, and the checkpoint reloads into the
+    trained model."""
+    from bitsandbytes.nn import Linear4bit
+    from helpers import tiny_args
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from lit_finetune.commands.fit import LitFinetuneCLI
+    from lit_finetune.tasks.base import ADAPTERS_ONLY_KEY, TaskModule, export_checkpoint
+    from lit_finetune.training.checkpointing import read_checkpoint
+
+    run_dir = tmp_path / "run"
+    args = tiny_args(tiny_data, run_dir, *QLORA, f"--model.init_args.model_name_or_path={pretrained_bert_folder}",
+                     "--trainer.max_epochs=1")
+    cli = LitFinetuneCLI(args=["fit", *args])
+    module = cli.model
+    quantized = [m for m in module.model.modules() if isinstance(m, Linear4bit)]
+    assert module.quantized and quantized and quantized[0].compute_dtype == torch.float32
+    head = module.model.base_model.model.classifier
+    assert not isinstance(head.original_module, Linear4bit) and head.modules_to_save["default"].weight.requires_grad
+
+    last = run_dir / "checkpoints" / "last.ckpt"
+    checkpoint = read_checkpoint(last)
+    assert checkpoint[ADAPTERS_ONLY_KEY] is True
+    saved = {k for k in checkpoint["state_dict"] if k.startswith("model.")}
+    assert saved and all("lora_" in k or "modules_to_save" in k for k in saved)
+    trained = get_peft_model_state_dict(module.model)
+    assert len(saved) == len(trained)
+
+    # the checkpoint reloads into the trained model: the same base quantized again, the trained weights loaded
+    reloaded = TaskModule.load_checkpoint(last)
+    inputs = module.tokenizer(["the plot was good", "bad acting"], return_tensors="pt", padding=True)
+    module.model.eval()
+    reloaded.model.eval()
+    with torch.no_grad():
+        in_memory = module.model(**inputs).logits
+        torch.testing.assert_close(reloaded.model(**inputs).logits, in_memory, atol=1e-6, rtol=1e-5)
+
+    # the export: a plain full-precision folder, each adapted weight = pretrained + scale * B @ A, the rest as read
+    export = export_checkpoint(str(last), str(tmp_path / "export"))
+    config = json.loads((export / "config.json").read_text())
+    assert "quantization_config" not in config
+    weights, pretrained = load_file(export / "model.safetensors"), load_file(pretrained_bert_folder / "model.safetensors")
+    layer = "encoder.layer.0.attention.self"
+    a, b = (trained[f"base_model.model.bert.{layer}.query.lora_{x}.weight"] for x in "AB")
+    torch.testing.assert_close(weights[f"bert.{layer}.query.weight"], pretrained[f"{layer}.query.weight"] + 8 / 4 * b @ a)
+    torch.testing.assert_close(weights[f"bert.{layer}.key.weight"], pretrained[f"{layer}.key.weight"], atol=0, rtol=0)
+    torch.testing.assert_close(weights["classifier.weight"], head.modules_to_save["default"].weight.detach())
+    end_of_fit = load_file(run_dir / "export" / "model.safetensors")  # the same, written from memory by the fit
+    assert end_of_fit.keys() == weights.keys() and all(torch.equal(end_of_fit[k], weights[k]) for k in weights)
+    plain = AutoModelForSequenceClassification.from_pretrained(export).eval()
+    assert not any(isinstance(m, Linear4bit) for m in plain.modules())
+    with torch.no_grad():  # only the base's 4-bit rounding differs
+        assert (plain(**inputs).logits - in_memory).abs().max() < 0.1
+
+    # the same command with more epochs continues from last.ckpt over the base quantized again
+    steps = cli.trainer.global_step
+    resumed = LitFinetuneCLI(args=["fit", *args, "--trainer.max_epochs=2", f"--ckpt_path={last}"])
+    assert resumed.trainer.global_step == 2 * steps and resumed.model.quantized
+
+
+def test_qlora_is_refused_where_it_cannot_run(tmp_path, tiny_data, pretrained_bert_folder, monkeypatch):
+    """Without LoRA there is nothing to train, a size preset has no pretrained weights to quantize, and a device or
+    bitsandbytes release without 4-bit training is named: each before any weights are read."""
+    import importlib.metadata
+
     from helpers import tiny_args
 
     from lit_finetune.commands.fit import LitFinetuneCLI
+    from lit_finetune.training.lora import QuantizationSettings, check_quantization
 
-    def args(name, *extra):
-        return tiny_args(tiny_data, tmp_path / name, "--model.init_args.quantization={quant_type: nf4}", *extra)
+    def fit(name, *extra):
+        LitFinetuneCLI(args=["fit", *tiny_args(tiny_data, tmp_path / name, QLORA[0], *extra)])
 
     with pytest.raises(ConfigError, match="model.quantization: 4-bit base weights cannot be trained; QLoRA"):
-        LitFinetuneCLI(args=["fit", *args("no_lora")])
-    with pytest.raises(ConfigError, match=r"model.quantization: (4-bit loading needs the bitsandbytes package|"
-                                          r"bitsandbytes' 4-bit training runs on CUDA GPUs, and this run is on cpu)"):
-        LitFinetuneCLI(args=["fit", *args("cpu", "--model.init_args.lora={r: 4}")])
-    assert not (tmp_path / "cpu" / "checkpoints").exists()
+        fit("no_lora", f"--model.init_args.model_name_or_path={pretrained_bert_folder}")
+    with pytest.raises(ConfigError, match="model.quantization: tiny:bert is a randomly initialised size preset"):
+        fit("preset", QLORA[1])
+    assert not (tmp_path / "preset" / "checkpoints").exists()
+    settings, lora = QuantizationSettings(), {"r": 4}
+    with pytest.raises(ConfigError, match="bitsandbytes runs 4-bit training on CUDA GPUs and CPUs, and this run is on mps"):
+        check_quantization(settings, "mps", lora, str(pretrained_bert_folder))
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.45.0")
+    with pytest.raises(ConfigError, match=r"bitsandbytes 0.45.0 runs 4-bit training on CUDA GPUs only.*>=0.48"):
+        check_quantization(settings, "cpu", lora, str(pretrained_bert_folder))
+    check_quantization(settings, "cuda", lora, str(pretrained_bert_folder))
 
 
 def test_full_precision_merge_moves_the_trained_adapters_onto_a_fresh_base():

@@ -3,6 +3,7 @@ its own interpreter (so its peak RSS is its own) with its result passed back as 
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import platform
@@ -13,6 +14,7 @@ import sys
 import threading
 import time
 from importlib.metadata import version
+from pathlib import Path
 
 RESULT_PREFIX = "BENCHMARK_RESULT "  # marks the child's JSON line among the frameworks' own output
 
@@ -227,8 +229,6 @@ def new_report(script, **fields) -> dict:
 
 def write_report(report: dict, markdown: str, output) -> None:
     """Print the report's markdown and write the whole report as JSON to `output`."""
-    from pathlib import Path
-
     report["markdown"] = markdown
     print("\n" + markdown)
     output = Path(output)
@@ -240,8 +240,6 @@ def write_report(report: dict, markdown: str, output) -> None:
 def trainer_arguments(config_path, output_dir, epochs: int, **overrides):
     """transformers' TrainingArguments for a Trainer baseline of a shipped lit_finetune config: its seed, batch size
     (evaluation: 2x, as lit_finetune's), AdamW (fused) settings, warmup, schedule, clipping and length grouping."""
-    from pathlib import Path
-
     import yaml
     from transformers import TrainingArguments
 
@@ -259,10 +257,17 @@ def trainer_arguments(config_path, output_dir, epochs: int, **overrides):
 
 
 # The shipped SST-2 recipe switched from the hub to the local GLUE TSVs (paths relative to the repo root).
+SST2 = Path("../shared/data/sst2")
 SST2_LOCAL = ["--data.init_args.dataset_name=null", "--data.init_args.dataset_config=null",
-              "--data.init_args.id_column=null", "--data.init_args.train_file=../shared/data/sst2/train.tsv",
-              "--data.init_args.validation_file=../shared/data/sst2/dev.tsv",
+              "--data.init_args.id_column=null", f"--data.init_args.train_file={SST2 / 'train.tsv'}",
+              f"--data.init_args.validation_file={SST2 / 'dev.tsv'}",
               "--data.init_args.label_names=[negative, positive]"]
+
+
+def read_glue_tsv(path) -> list[dict]:
+    """Rows of a GLUE TSV (unquoted: a `"` is text; utf-8-sig drops MRPC's byte-order mark)."""
+    with Path(path).open(newline="", encoding="utf-8-sig") as f:
+        return list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
 
 
 def fit_run(run_dir, *args: str):

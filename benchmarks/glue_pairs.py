@@ -23,7 +23,6 @@ import time
 START = time.perf_counter()  # a child's wall time counts from here, so it includes importing its framework
 
 import argparse  # noqa: E402  (imports after START on purpose)
-import csv
 import os
 from collections import Counter
 from datetime import datetime
@@ -35,6 +34,7 @@ from common import (
     minilm_path,
     new_report,
     provenance_lines,
+    read_glue_tsv,
     run_child,
     write_report,
 )
@@ -70,12 +70,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not args.tasks or set(args.tasks) - set(TASKS):
         parser.error(f"--tasks: got {args.tasks}; choose from {sorted(TASKS)}, comma-separated")
     return args
-
-
-def read_tsv(path: Path) -> list[dict]:
-    """Rows of a GLUE TSV (unquoted: a `"` is text; utf-8-sig drops MRPC's byte-order mark)."""
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        return list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
 
 
 # --------------------------------------------------------------------------------------------------------------- #
@@ -138,8 +132,8 @@ def run_task(args: argparse.Namespace) -> None:
 def majority_baseline(task: str) -> dict:
     """Always the most frequent training class, scored like the model on dev."""
     gold = TASKS[task]["gold"]
-    majority = Counter(r[gold] for r in read_tsv(DATA / task / "train.tsv")).most_common(1)[0][0]
-    dev = [r[gold] for r in read_tsv(DATA / task / "dev.tsv")]
+    majority = Counter(r[gold] for r in read_glue_tsv(DATA / task / "train.tsv")).most_common(1)[0][0]
+    dev = [r[gold] for r in read_glue_tsv(DATA / task / "dev.tsv")]
     scores = {"acc": sum(v == majority for v in dev) / len(dev)}
     if TASKS[task]["positive"]:  # MRPC, Quality 1: always answering it has precision P / N and recall 1
         positives = sum(v == "1" for v in dev)
@@ -153,7 +147,7 @@ def cosine_baseline() -> dict:
     from torchmetrics.functional import pearson_corrcoef, spearman_corrcoef
     from transformers import AutoModel, AutoTokenizer
 
-    rows = read_tsv(DATA / "stsb" / "dev.tsv")
+    rows = read_glue_tsv(DATA / "stsb" / "dev.tsv")
     tokenizer, model = AutoTokenizer.from_pretrained(minilm_path()), AutoModel.from_pretrained(minilm_path()).eval()
 
     @torch.no_grad()

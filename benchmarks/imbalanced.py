@@ -20,11 +20,10 @@ import os
 import sys
 from pathlib import Path
 
-from common import SST2_LOCAL, fit_run, new_report, provenance_lines, write_report
+from common import SST2, SST2_LOCAL, fit_run, new_report, provenance_lines, read_glue_tsv, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).resolve().relative_to(REPO)
-SST2 = Path("../shared/data/sst2")  # relative to the repo root (main() changes into it)
 TASK = "configs/classification/sst2.yaml"
 SETTINGS = {
     "cross-entropy": [],
@@ -47,8 +46,7 @@ def parse_args() -> argparse.Namespace:
 
 def build_subset(args: argparse.Namespace) -> tuple[Path, dict]:
     """The imbalanced training file (GLUE TSV layout) and its class counts."""
-    with (SST2 / "train.tsv").open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[:args.source_rows]
+    rows = read_glue_tsv(SST2 / "train.tsv")[:args.source_rows]
     negatives = [r for r in rows if r["label"] == "0"]
     wanted = round(len(negatives) * args.positive_share / (1 - args.positive_share))
     positives = [r for r in rows if r["label"] == "1"][:wanted]

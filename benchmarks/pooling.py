@@ -19,19 +19,17 @@ HF_DATASETS_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false on a machi
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 from pathlib import Path
 
-from common import SST2_LOCAL, fit_run, new_report, provenance_lines, write_report
+from common import SST2, SST2_LOCAL, fit_run, new_report, provenance_lines, read_glue_tsv, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).resolve().relative_to(REPO)
 TASK = "configs/classification/sst2.yaml"
 STRATEGIES = {name: f"configs/strategies/{name}.yaml" for name in ("full", "feature_extraction", "lora", "qlora")}
 POOLINGS = ("pooler", "mean")
-SST2_DEV = "../shared/data/sst2/dev.tsv"  # relative to the repo root, as SST2_LOCAL
 
 
 def parse_args() -> argparse.Namespace:
@@ -63,8 +61,7 @@ def export_accuracy(export: Path) -> float:
 
     import lit_finetune.heads  # noqa: F401, PLC0415
 
-    with open(SST2_DEV, encoding="utf-8") as f:
-        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    rows = read_glue_tsv(SST2 / "dev.tsv")
     classify = pipeline("text-classification", model=str(export), device="cpu")
     predicted = classify([row["sentence"] for row in rows], batch_size=64, truncation=True)
     names = ("negative", "positive")

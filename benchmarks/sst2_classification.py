@@ -20,7 +20,6 @@ import time
 START = time.perf_counter()  # a child's wall time counts from here, so it includes importing its framework
 
 import argparse  # noqa: E402  (imports after START on purpose)
-import csv
 import os
 from datetime import datetime
 from pathlib import Path
@@ -35,6 +34,7 @@ from common import (
     minilm_path,
     new_report,
     provenance_lines,
+    read_glue_tsv,
     run_child,
     write_report,
 )
@@ -79,8 +79,7 @@ def recipe(args: argparse.Namespace) -> dict:
 
 def read_tsv(path: Path, limit: int | None = None) -> tuple[list[str], list[int]]:
     """Sentences and labels of a GLUE TSV (unquoted: a `"` is text), the first `limit` rows like lit_finetune."""
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[:limit]
+    rows = read_glue_tsv(path)[:limit]
     return [r["sentence"] for r in rows], [int(r["label"]) for r in rows]
 
 

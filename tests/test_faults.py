@@ -24,8 +24,8 @@ from lit_finetune import commands
 from lit_finetune.commands.fit import LitFinetuneCLI
 
 FAULTS_ENV = {"PYTHONPATH": str(REPO / "tests"), "WANDB_MODE": "disabled"}  # tests/faults.py, importable there
-# On one test worker: the uninterrupted reference run is then made once.
-pytestmark = pytest.mark.xdist_group("faults")
+# The tests that read the uninterrupted reference run share a worker, so it is made once.
+ON_THE_REFERENCE_WORKER = pytest.mark.xdist_group("faults")
 
 
 def fault_config(folder: Path, signals: dict[int, str] | None = None, early_stopping: bool = True) -> Path:
@@ -78,6 +78,7 @@ def uninterrupted(tmp_path_factory):
     return data, run_dir
 
 
+@ON_THE_REFERENCE_WORKER
 def test_interrupted_preempted_and_killed_run_resumes_exactly_with_the_same_command(tmp_path, uninterrupted):
     """Ctrl-C at step 2, SIGUSR1 at step 9, kill -9 at step 13, each followed by the same command: the run ends
     with the weights and metrics of the uninterrupted one, each step once in metrics.csv. The command says
@@ -108,46 +109,6 @@ def test_interrupted_preempted_and_killed_run_resumes_exactly_with_the_same_comm
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
-@pytest.mark.xdist_group("two_processes")  # beside the other multi-process tests, not the single-process faults
-def test_ddp_run_signalled_on_one_rank_saves_on_both_and_resumes_exactly(tmp_path):
-    """Under DDP (2 processes, gloo) a SIGTERM that reaches rank 1 only: both ranks save at the same step and stop,
-    the launcher exits 143, and the same command resumes to the weights and metrics of an uninterrupted DDP run
-    (each rank takes back its own share of the epoch's training aggregates). The uninterrupted run also shows that
-    DDP tokenizes once (rank 0) and syncs validation metrics across the ranks."""
-    data = tiny_splits(tmp_path / "data")
-    ddp = ("--trainer.strategy=ddp", "--trainer.devices=2", "--data.init_args.eval_batch_size=4")
-    reference, cache = tmp_path / "reference", tmp_path / "cache"
-    result = run_cli(*fault_args(data, reference, fault_config(tmp_path), *ddp, f"--data.init_args.cache_dir={cache}"),
-                     env=FAULTS_ENV)
-    assert (result.stdout + result.stderr).count("examples; cached in") == 1  # prepare_data ran on rank 0 only
-    [cached] = cache.glob("classification/*/meta.json")
-    assert json.loads(cached.read_text())["tokenized_by_rank"] == 0
-    # Each rank saw half of the 32 validation rows; the logged values must be those of all 32.
-    last_val = [r for r in metrics_rows(reference) if r.get("val/acc")][-1]
-    ddp_val = {k: float(last_val[k]) for k in ("val/loss", "val/acc")}
-    single = LitFinetuneCLI(args=["validate", *tiny_args(data, tmp_path / "single"), "--data.init_args.test_file=null",
-                                  "--trainer.logger=false", "--ckpt_path", str(reference / "checkpoints" / "last.ckpt")])
-    single_val = {k: float(v) for k, v in single.trainer.callback_metrics.items() if k in ddp_val}
-    assert single_val == pytest.approx(ddp_val, abs=1e-5) and len(single_val) == 2
-    run_dir, signals = tmp_path / "run", tmp_path / "signals"
-    config = fault_config(signals, {3: "SIGTERM"})
-    settings = json.loads(config.read_text())
-    settings["trainer"]["callbacks"][-1]["init_args"]["rank"] = 1
-    config.write_text(json.dumps(settings))
-    args = fault_args(data, run_dir, config, *ddp)
-    stopped = run_cli(*args, env=FAULTS_ENV, check=False)
-    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-2000:]
-    assert ckpt_step(run_dir / "checkpoints" / "last.ckpt") == 4
-    assert record(run_dir)["status"] == "preempted" and record(run_dir)["global_step"] == 4
-    assert (signals / "sent-3").read_text() == "SIGTERM"  # the signal was rank 1's, not the launcher's
-    final = run_cli(*args, env=FAULTS_ENV)
-    assert "Resuming the unfinished run" in final.stderr and record(run_dir)["status"] == "finished"
-    rows, reference_rows = metrics_rows(run_dir), metrics_rows(reference)
-    assert len([r for r in rows if r.get("train/loss_epoch")]) == 2 and rows == reference_rows
-    ours, theirs = final_weights(run_dir), final_weights(reference)
-    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
-
-
 def two_node_job(data, run_dir: Path, folder: Path, cache_dirs: tuple[Path, Path], *extra: str) -> list[str]:
     """One command launched twice, as on two nodes (NODE_RANK 0 and 1, one process each, rendezvous on loopback
     with gloo), each node with its own cache folder or both with one; the output of both launches."""
@@ -165,20 +126,37 @@ def two_node_job(data, run_dir: Path, folder: Path, cache_dirs: tuple[Path, Path
     return outputs
 
 
+@pytest.fixture(scope="module")
+def two_node_run(tmp_path_factory, offline_module):
+    """A finished two-node job (2 x 1 process) with one cache folder for both nodes: its data, folder, cache and
+    the output of each launch. Two processes in all, as in a one-node DDP run on two devices, which must train
+    the same (the reference of the signalled DDP run below)."""
+    folder = tmp_path_factory.mktemp("two-node")
+    data, shared = tiny_splits(folder / "data"), folder / "shared-cache"
+    outputs = two_node_job(data, folder / "run", folder, (shared, shared))
+    return data, folder / "run", shared, outputs
+
+
 @pytest.mark.xdist_group("two_processes")
-def test_two_node_job_tokenizes_once_per_cache_and_writes_the_run_once(tmp_path):
+def test_two_node_job_tokenizes_once_per_cache_and_writes_the_run_once(tmp_path, two_node_run):
     """Both nodes write into one run folder (a shared file system): only the job's first process locks it, logs
-    and exports. With one cache folder (cache_shared, the default) only that process tokenizes; with node-local
-    caches (cache_shared: false) each node's first process tokenizes its own."""
-    data = tiny_splits(tmp_path / "data")
-    shared = tmp_path / "shared-cache"
-    outputs = two_node_job(data, tmp_path / "run", tmp_path, (shared, shared))
+    and exports; each process validates on its half of the rows and the logged values are those of all of them.
+    With one cache folder (cache_shared, the default) only that process tokenizes; with node-local caches
+    (cache_shared: false) each node's first process tokenizes its own."""
+    data, run_dir, shared, outputs = two_node_run
     assert sum(out.count("examples; cached in") for out in outputs) == 1
     [cached] = shared.glob("classification/*/meta.json")
     assert json.loads(cached.read_text())["tokenized_by_rank"] == 0
-    assert record(tmp_path / "run")["status"] == "finished" and record(tmp_path / "run")["global_step"] == 8
-    assert (tmp_path / "run" / "export" / "config.json").is_file() and "Exported model" in outputs[0]
+    assert record(run_dir)["status"] == "finished" and record(run_dir)["global_step"] == 8
+    assert (run_dir / "export" / "config.json").is_file() and "Exported model" in outputs[0]
     assert "Exported model" not in outputs[1]
+    # Each process saw half of the 32 validation rows; the logged values must be those of all 32.
+    last_val = [r for r in metrics_rows(run_dir) if r.get("val/acc")][-1]
+    ddp_val = {k: float(last_val[k]) for k in ("val/loss", "val/acc")}
+    single = LitFinetuneCLI(args=["validate", *tiny_args(data, tmp_path / "single"), "--data.init_args.test_file=null",
+                                  "--trainer.logger=false", "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt")])
+    single_val = {k: float(v) for k, v in single.trainer.callback_metrics.items() if k in ddp_val}
+    assert single_val == pytest.approx(ddp_val, abs=1e-5) and len(single_val) == 2
 
     local = (tmp_path / "node0-cache", tmp_path / "node1-cache")
     outputs = two_node_job(data, tmp_path / "run-local", tmp_path, local, "--data.init_args.cache_shared=false")
@@ -188,24 +166,47 @@ def test_two_node_job_tokenizes_once_per_cache_and_writes_the_run_once(tmp_path)
     assert nodes == [0, 1] and record(tmp_path / "run-local")["status"] == "finished"
 
 
+@pytest.mark.xdist_group("two_processes")
+def test_ddp_run_signalled_on_one_rank_saves_on_both_and_resumes_exactly(tmp_path, two_node_run):
+    """Under DDP (2 processes on one node, gloo) a SIGTERM that reaches rank 1 only: both ranks save at the same
+    step and stop, the launcher exits 143, and the same command resumes to the weights and metrics of the
+    uninterrupted two-node run (each rank takes back its own share of the epoch's training aggregates)."""
+    data, reference, _, _ = two_node_run
+    ddp = ("--trainer.strategy=ddp", "--trainer.devices=2", "--data.init_args.eval_batch_size=4")
+    run_dir, signals = tmp_path / "run", tmp_path / "signals"
+    config = fault_config(signals, {3: "SIGTERM"}, early_stopping=False)
+    settings = json.loads(config.read_text())
+    settings["trainer"]["callbacks"][-1]["init_args"]["rank"] = 1
+    config.write_text(json.dumps(settings))
+    args = fault_args(data, run_dir, config, *ddp)
+    stopped = run_cli(*args, env=FAULTS_ENV, check=False)
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-2000:]
+    assert ckpt_step(run_dir / "checkpoints" / "last.ckpt") == 4
+    assert record(run_dir)["status"] == "preempted" and record(run_dir)["global_step"] == 4
+    assert (signals / "sent-3").read_text() == "SIGTERM"  # the signal was rank 1's, not the launcher's
+    final = run_cli(*args, env=FAULTS_ENV)
+    assert "Resuming the unfinished run" in final.stderr and record(run_dir)["status"] == "finished"
+    rows, reference_rows = metrics_rows(run_dir), metrics_rows(reference)
+    assert len([r for r in rows if r.get("train/loss_epoch")]) == 2 and rows == reference_rows
+    ours, theirs = final_weights(run_dir), final_weights(reference)
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
 def test_non_finite_loss_stops_at_its_step_and_a_short_run_still_validates_checkpoints_and_exports(
-        tmp_path, tiny_data):
+        tmp_path, tiny_data, capsys):
     """lr 1e6: the loss is NaN from step 1. It stops there, or, with max_bad_steps, every later step is skipped. That
     run is also shorter than an epoch (max_steps=5): it still validates after step 5, and with its weights
     unchanged since step 1 the best checkpoint stays at the first validation while last.ckpt moves on."""
     run_dir = tmp_path / "run"
     exploding = ("--model.init_args.learning_rate=1e6", "--trainer.gradient_clip_val=null", "--trainer.max_steps=5")
-    result = run_cli(*fault_args(tiny_data, run_dir, fault_config(tmp_path), *exploding), env=FAULTS_ENV,
-                     check=False)
-    assert result.returncode == 2
-    [line] = [line for line in result.stderr.splitlines() if line.startswith("lit-finetune: error:")]
+    line = one_line_error(capsys, fault_args(tiny_data, run_dir, fault_config(tmp_path), *exploding))
     assert "training step 1: the loss is nan" in line and "model.max_bad_steps" in line
     assert not (run_dir / "export").exists() and not list(run_dir.rglob("*.ckpt"))
     assert record(run_dir)["status"] == "failed"
 
     skipping = tmp_path / "skipping"
-    run_cli(*fault_args(tiny_data, skipping, fault_config(tmp_path), *exploding, "--trainer.log_every_n_steps=1",
-                        "--model.init_args.max_bad_steps=100"), env=FAULTS_ENV)
+    commands.main(fault_args(tiny_data, skipping, fault_config(tmp_path), *exploding, "--trainer.log_every_n_steps=1",
+                             "--model.init_args.max_bad_steps=100"))
     skipped = [float(r["train/skipped_steps"]) for r in metrics_rows(skipping) if r.get("train/skipped_steps")]
     assert skipped == [1.0, 2.0, 3.0, 4.0]  # every step after the first
     vals = [int(r["step"]) for r in metrics_rows(skipping) if r.get("val/acc")]
@@ -217,7 +218,8 @@ def test_non_finite_loss_stops_at_its_step_and_a_short_run_still_validates_check
     assert exported and all(torch.isfinite(t).all() for t in exported.values())
 
 
-def test_full_disk_keeps_earlier_checkpoints_and_leaves_no_partial_file(tmp_path, uninterrupted):
+@ON_THE_REFERENCE_WORKER
+def test_full_disk_keeps_earlier_checkpoints_and_leaves_no_partial_file(tmp_path, uninterrupted, capsys):
     data, finished = uninterrupted
     run_dir = tmp_path / "run"
     shutil.copytree(finished, run_dir)
@@ -241,10 +243,13 @@ def test_full_disk_keeps_earlier_checkpoints_and_leaves_no_partial_file(tmp_path
     assert not [p for p in run_dir.rglob("*") if ".tmp" in p.name]
     assert not [p for p in tmpdir.rglob("*") if p.is_file()]
     assert record(run_dir)["status"] == "failed"
-    assert "Resuming the unfinished run" in run_cli(*args, env=FAULTS_ENV).stderr  # space again: it goes on
+    capsys.readouterr()
+    commands.main(args)  # space again: the same command goes on
+    assert "Resuming the unfinished run" in capsys.readouterr().err
     assert ckpt_step(run_dir / "checkpoints" / "last.ckpt") == 24
 
 
+@ON_THE_REFERENCE_WORKER
 def test_resume_refuses_changed_settings_before_touching_the_run_folder(tmp_path, uninterrupted, capsys):
     data, finished = uninterrupted
     run_dir = tmp_path / "run"
@@ -259,9 +264,9 @@ def test_resume_refuses_changed_settings_before_touching_the_run_folder(tmp_path
         assert "was trained with other settings (" in line and f"{key}: " in line and "--resume_changes=allow" in line
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
 
-    longer = run_cli(*fault_args(data, run_dir, config, "--trainer.max_epochs=3"), "--ckpt_path", str(last),
-                     env=FAULTS_ENV)
-    [changes] = [line for line in longer.stderr.splitlines() if line.startswith("Resuming with changed settings: ")]
+    commands.main([*fault_args(data, run_dir, config, "--trainer.max_epochs=3"), "--ckpt_path", str(last)])
+    [changes] = [line for line in capsys.readouterr().err.splitlines()
+                 if line.startswith("Resuming with changed settings: ")]
     assert "trainer.max_epochs: 2 -> 3" in changes and "model." not in changes  # the copy's folder is there too
     assert ckpt_step(last) == 24
 
@@ -298,6 +303,7 @@ class Payload:
         return os.system, (f"touch {self.marker}",)
 
 
+@ON_THE_REFERENCE_WORKER
 def test_checkpoints_load_without_running_code_and_corrupted_ones_are_named(uninterrupted, tmp_path, capsys):
     last = uninterrupted[1] / "checkpoints" / "last.ckpt"
     checkpoint = torch.load(last, weights_only=True)
@@ -320,6 +326,7 @@ def test_checkpoints_load_without_running_code_and_corrupted_ones_are_named(unin
     assert not marker.exists() and not (tmp_path / "out").exists()
 
 
+@ON_THE_REFERENCE_WORKER
 def test_export_replaces_only_an_earlier_export_and_follows_the_umask(uninterrupted, tmp_path, capsys):
     last = str(uninterrupted[1] / "checkpoints" / "last.ckpt")
     mine = tmp_path / "mine"

@@ -10,8 +10,9 @@ import time
 import pytest
 import wandb
 import yaml
-from helpers import QUICKSTART, REPO, logged_values, run_cli, shell_env, wandb_records
+from helpers import QUICKSTART, REPO, logged_values, one_line_error, shell_env, wandb_records
 
+from lit_finetune import commands
 from lit_finetune.commands import compare, sweep
 from lit_finetune.errors import ConfigError
 
@@ -48,15 +49,16 @@ def state(sweep_dir) -> dict:
     return json.loads((sweep_dir / "sweep.json").read_text())
 
 
-def test_bayes_sweep_end_to_end(tmp_path, base_config):
+def test_bayes_sweep_end_to_end(tmp_path, base_config, capsys):
     """A Bayesian sweep: the search engine needs every trial's results back, which random search does not (it
     differs from it only in W&B's proposals, and its --count rule is tested below)."""
     method = "bayes"
     parameters = {"model.learning_rate": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2},
                   "model.label_smoothing": {"values": [0.0, 0.1]}}
     sweep_dir = tmp_path / "sweep"
-    result = run_cli("sweep", sweep_file(tmp_path, base_config, method, parameters), "--count", "2",
-                     "--sweep_dir", str(sweep_dir), "--poll_s", "0.5")
+    commands.main(["sweep", sweep_file(tmp_path, base_config, method, parameters), "--count", "2",
+                   "--sweep_dir", str(sweep_dir), "--poll_s", "0.5"])  # in this process; the trials are not
+    stdout = capsys.readouterr().out
     trials = state(sweep_dir)["trials"]
     assert [t["name"] for t in trials] == ["trial-000", "trial-001"]
     assert all(t["state"] == "finished" and t["exitcode"] == 0 for t in trials)
@@ -72,18 +74,19 @@ def test_bayes_sweep_end_to_end(tmp_path, base_config):
         run = next(r.run for r in wandb_records(folder) if r.WhichOneof("record_type") == "run")
         assert run.run_group == state(sweep_dir)["sweep_id"] and run.display_name == trial["name"]
     # The closing compare table: every trial, best first.
-    table = result.stdout.split("run ", 1)[1]
+    table = stdout.split("run ", 1)[1]
     assert all(t["name"] in table for t in trials) and (sweep_dir / "compare.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_hyperband_stops_a_weak_trial_cleanly_and_a_failed_trial_is_recorded(tmp_path, base_config):
+def test_hyperband_stops_a_weak_trial_cleanly_and_a_failed_trial_is_recorded(tmp_path, base_config, capsys):
     """lr 1e-7 never learns; once the first trial is past 0.5 at a hyperband band, the second is stopped there.
     lr 1e6 parses but fails when it trains (its loss or gradients turn NaN or inf): the trial is recorded as failed and the sweep
     goes on to its end."""
     spec = sweep_file(tmp_path, base_config, "grid", {"model.learning_rate": {"values": [3e-3, 1e-7, 1e6]}},
                       early_terminate={"type": "hyperband", "min_iter": 1, "eta": 3})
     sweep_dir = tmp_path / "sweep"
-    result = run_cli("sweep", spec, "--sweep_dir", str(sweep_dir), "--poll_s", "0.2", "--", "--trainer.max_epochs=12")
+    commands.main(["sweep", spec, "--sweep_dir", str(sweep_dir), "--poll_s", "0.2", "--", "--trainer.max_epochs=12"])
+    stdout = capsys.readouterr().out
     strong, weak, failed = state(sweep_dir)["trials"]
     assert (strong["state"], weak["state"]) == ("finished", "stopped")
     assert len(logged_values(sweep_dir / "trial-000", "val/acc")) == 12
@@ -92,11 +95,11 @@ def test_hyperband_stops_a_weak_trial_cleanly_and_a_failed_trial_is_recorded(tmp
     record = json.loads((sweep_dir / "trial-001" / "run.json").read_text())
     assert record["status"] == "stopped" and (sweep_dir / "trial-001" / "export" / "config.json").is_file()
     assert failed["state"] == "failed" and failed["exitcode"] != 0 and "model.max_bad_steps" in failed["log_tail"]
-    assert "trial-002: FAILED" in result.stdout
-    assert "failed" in result.stdout.split("run ", 1)[1]  # the closing table lists it
+    assert "trial-002: FAILED" in stdout
+    assert "failed" in stdout.split("run ", 1)[1]  # the closing table lists it
 
 
-def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, base_config):
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, base_config, capsys):
     spec = sweep_file(tmp_path, base_config, "grid", {"model.learning_rate": {"values": [3e-3, 1e-3]}})
     sweep_dir = tmp_path / "sweep"
     args = ["sweep", spec, "--sweep_dir", str(sweep_dir), "--poll_s", "0.2", "--", "--trainer.max_epochs=6"]
@@ -120,8 +123,10 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, b
     first_metrics = (sweep_dir / "trial-000" / "metrics.csv").read_text()
     done_before = logged_values(second, "val/acc")
 
-    result = run_cli(*args, env={"WANDB_SERVICE": os.environ["WANDB_SERVICE"]})
-    assert "Resuming sweep" in result.stdout
+    capsys.readouterr()
+    commands.main(args)  # the same command, in this process: its W&B service is in the environment too
+    stdout = capsys.readouterr().out
+    assert "Resuming sweep" in stdout
     trials = state(sweep_dir)["trials"]
     assert [t["state"] for t in trials] == ["finished", "finished"] and trials[1]["attempts"] == 2
     assert (sweep_dir / "trial-000" / "metrics.csv").read_text() == first_metrics  # not rerun
@@ -130,7 +135,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, b
     resumed = compare.Run.read(second).curve("val/acc")
     assert [epoch for epoch, _, _ in resumed] == list(range(6))
     assert [value for _, _, value in resumed[:len(done_before) - 1]] == done_before[:-1]
-    assert "trial-000:" not in result.stdout  # a trial's progress lines: only trial-001 ran
+    assert "trial-000:" not in stdout  # a trial's progress lines: only trial-001 ran
 
 
 @pytest.mark.parametrize("change, message", [
@@ -158,15 +163,15 @@ def test_bad_sweep_files_are_rejected_before_any_trial(change, message, tmp_path
     assert not (tmp_path / "sweep" / "trial-000").exists()
 
 
-def test_metric_the_trials_never_log_stops_the_sweep(tmp_path, base_config):
+def test_metric_the_trials_never_log_stops_the_sweep(tmp_path, base_config, capsys):
     spec = read_yaml(sweep_file(tmp_path, base_config, "grid", {"model.learning_rate": {"values": [3e-3, 1e-3]}}))
     spec["metric"]["name"] = "val/accuracy"
     path = tmp_path / "typo.yaml"
     path.write_text(yaml.safe_dump(spec))
-    result = run_cli("sweep", str(path), "--sweep_dir", str(tmp_path / "sweep"), "--", "--trainer.max_epochs=1",
-                     check=False)
-    assert result.returncode == 2 and "never logged 'val/accuracy'; it logged" in result.stderr
-    assert "val/acc," in result.stderr and not (tmp_path / "sweep" / "trial-001").exists()
+    line = one_line_error(capsys, ["sweep", str(path), "--sweep_dir", str(tmp_path / "sweep"), "--",
+                                   "--trainer.max_epochs=1"])
+    assert "never logged 'val/accuracy'; it logged" in line
+    assert "val/acc," in line and not (tmp_path / "sweep" / "trial-001").exists()
 
 
 def test_a_changed_sweep_file_does_not_resume_into_the_old_folder(tmp_path, base_config):

@@ -3,15 +3,17 @@ pretraining export into fine-tuning."""
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
 import wandb
-from helpers import REPO, assert_pinned, first_losses, logged_values, metrics_rows, run_cli, tiny_args, wandb_records
+from helpers import REPO, assert_pinned, first_losses, logged_values, metrics_rows, tiny_args, wandb_records
 from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from lit_finetune import backbones
+from lit_finetune import backbones, commands
 from lit_finetune.commands.fit import LitFinetuneCLI
+from lit_finetune.data.tokenizer_training import train_tokenizer
 from lit_finetune.errors import ConfigError
 from lit_finetune.tasks.pretraining import CausalLMModule, MaskedLMModule
 from lit_finetune.tasks.pretraining.masking import IGNORE, mask_tokens, select_tokens
@@ -24,24 +26,36 @@ PINNED_MLM = [10.284393, 10.116630, 9.978696, 9.895097]  # first four step losse
 PINNED_ELECTRA = [44.997917, 43.901398, 42.888718, 42.215557]
 
 
-@pytest.fixture
-def corpus_file(tmp_path):
+@pytest.fixture(scope="module")
+def corpus_file(tmp_path_factory):
     """Documents of templated sentences: a tiny model learns the fixed words from context within a few epochs."""
     rng = random.Random(0)
     docs = [" ".join(rng.choice(TEMPLATES).format(*rng.choices(SLOTS, k=2)) for _ in range(rng.randint(2, 5)))
             for _ in range(300)]
-    path = tmp_path / "corpus.txt"
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
     path.write_text("\n".join(docs) + "\n")
     return path
 
 
-def pretrain_args(config: str, corpus_file, run_dir, *extra: str) -> list[str]:
+@pytest.fixture(scope="module")
+def corpus_tokenizers(corpus_file) -> dict[str, Path]:
+    """WordPiece (encoders) and byte-level BPE (GPT-2) tokenizers trained on the corpus. With MiniLM's 30,522
+    tokens, the output layer and its loss are nearly all of a tiny model's step; with these (100 and 300 tokens)
+    the objectives train the same way several times faster (and most words are several WordPiece pieces)."""
+    return {kind: train_tokenizer(str(corpus_file), str(corpus_file.parent / kind), kind=kind, vocab_size=size)
+            for kind, size in (("wordpiece", 100), ("bpe", 300))}
+
+
+def pretrain_args(config: str, corpus_file, run_dir, *extra: str, tokenizers: dict | None = None) -> list[str]:
+    """A shipped pretraining recipe on the corpus; with `tokenizers`, on its vocabulary (BPE for causal LM)."""
+    vocabulary = [] if tokenizers is None else \
+        [f"--model.init_args.tokenizer_name_or_path={tokenizers['bpe' if config == 'clm.yaml' else 'wordpiece']}"]
     return ["--config", str(REPO / "configs" / "pretrain" / config), f"--trainer.default_root_dir={run_dir}",
             "--data.init_args.dataset_name=null", "--data.init_args.dataset_config=null",
             f"--data.init_args.train_file={corpus_file}", "--data.init_args.max_length=32",
             "--data.init_args.batch_size=16", "--model.init_args.learning_rate=3e-3", "--model.init_args.warmup=0",
             "--trainer.max_epochs=3", "--trainer.val_check_interval=1.0", "--trainer.accelerator=cpu",
-            "--trainer.enable_model_summary=false", *extra]
+            "--trainer.enable_model_summary=false", *vocabulary, *extra]
 
 
 def test_bert_masking_rates_and_special_tokens():
@@ -80,11 +94,13 @@ def test_whole_word_masking_selects_complete_words():
 
 
 @pytest.mark.parametrize("config, acc", [("mlm.yaml", "val/masked_acc"), ("clm.yaml", "val/next_token_acc")])
-def test_objective_trains_with_falling_loss(config, acc, corpus_file, tmp_path):
+def test_objective_trains_with_falling_loss(config, acc, corpus_file, corpus_tokenizers, tmp_path):
     extra = ["--model.init_args.model_name_or_path=tiny:bert"] if config == "mlm.yaml" else []
-    LitFinetuneCLI(args=["fit", *pretrain_args(config, corpus_file, tmp_path / "run", *extra)])
+    LitFinetuneCLI(args=["fit", *pretrain_args(config, corpus_file, tmp_path / "run", *extra,
+                                               tokenizers=corpus_tokenizers)])
     perplexity = logged_values(tmp_path / "run", "val/perplexity")
-    assert len(perplexity) == 3 and perplexity[-1] < 0.5 * perplexity[0]
+    vocabulary = len(AutoTokenizer.from_pretrained(tmp_path / "run" / "export"))  # a uniform guess's perplexity
+    assert len(perplexity) == 3 and perplexity[-1] < perplexity[0] and perplexity[-1] < vocabulary / 4
     accuracy = logged_values(tmp_path / "run", acc)
     assert len(accuracy) == 3 and all(0 < a <= 1 for a in accuracy)  # too few steps to rise reliably; loss does
     # The Throughput callback: full 32-token blocks, so tokens/s is exactly 32 x samples/s.
@@ -96,10 +112,11 @@ def test_objective_trains_with_falling_loss(config, acc, corpus_file, tmp_path):
 
 @pytest.mark.parametrize("config, task, model", [("mlm_nsp.yaml", "nsp", "tiny:bert"),
                                                  ("mlm_sop.yaml", "sop", "tiny:albert")])
-def test_mlm_with_sentence_pair_objective(config, task, model, corpus_file, tmp_path):
+def test_mlm_with_sentence_pair_objective(config, task, model, corpus_file, corpus_tokenizers, tmp_path):
     LitFinetuneCLI(args=["fit", *pretrain_args(config, corpus_file, tmp_path / "run", "--data.init_args.max_length=48",
                                                f"--model.init_args.model_name_or_path={model}",
-                                               "--trainer.max_epochs=2", "--trainer.log_every_n_steps=5")])
+                                               "--trainer.max_epochs=2", "--trainer.log_every_n_steps=5",
+                                               tokenizers=corpus_tokenizers)])
     run = tmp_path / "run"
     total = logged_values(run, "val/pretraining_loss")
     assert len(total) == 2 and total[-1] < total[0]
@@ -117,8 +134,9 @@ def test_pair_objective_and_pair_data_must_match(corpus_file, tmp_path):
                                                    "--data.init_args.examples=sop")])
 
 
-def test_causal_lm_logs_generated_samples_each_validation(corpus_file, tmp_path):
-    LitFinetuneCLI(args=["fit", *pretrain_args("clm.yaml", corpus_file, tmp_path / "run", "--trainer.max_epochs=2")])
+def test_causal_lm_logs_generated_samples_each_validation(corpus_file, corpus_tokenizers, tmp_path):
+    LitFinetuneCLI(args=["fit", *pretrain_args("clm.yaml", corpus_file, tmp_path / "run", "--trainer.max_epochs=2",
+                                               tokenizers=corpus_tokenizers)])
     samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 2 * 3 and {s["prompt"] for s in samples} == {"The history of the city",
                                                                         "In the early years , the team", "The film was"}
@@ -133,11 +151,11 @@ def test_causal_lm_logs_generated_samples_each_validation(corpus_file, tmp_path)
     assert [row[1:] for row in last["data"]] == [[s["prompt"], s["continuation"]] for s in samples[3:]]
 
 
-def test_whole_word_mlm_and_fixed_validation_masking(corpus_file, tmp_path):
+def test_whole_word_mlm_and_fixed_validation_masking(corpus_file, corpus_tokenizers, tmp_path):
     cli = LitFinetuneCLI(args=["fit", *pretrain_args("mlm.yaml", corpus_file, tmp_path / "run",
                                                      "--model.init_args.model_name_or_path=tiny:bert",
                                                      "--model.init_args.whole_word_mask=true",
-                                                     "--trainer.max_epochs=1")])
+                                                     "--trainer.max_epochs=1", tokenizers=corpus_tokenizers)])
     first = cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)[0]
     second = cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)[0]
     assert first["val/loss"] == second["val/loss"]  # the same masking at every validation
@@ -150,9 +168,10 @@ def test_mlm_settings_are_checked():
         MaskedLMModule("tiny:bert", random_replace_prob=0.3)
 
 
-def test_mlm_export_is_the_starting_point_of_fine_tuning(corpus_file, tmp_path, tiny_data):
+def test_mlm_export_is_the_starting_point_of_fine_tuning(corpus_file, corpus_tokenizers, tmp_path, tiny_data):
     LitFinetuneCLI(args=["fit", *pretrain_args("mlm.yaml", corpus_file, tmp_path / "pretrain",
-                                               "--model.init_args.model_name_or_path=tiny:bert")])
+                                               "--model.init_args.model_name_or_path=tiny:bert",
+                                               tokenizers=corpus_tokenizers)])
     export = tmp_path / "pretrain" / "export"
     pretrained = AutoModelForMaskedLM.from_pretrained(export)
     classifier = backbones.load_model(str(export), AutoModelForSequenceClassification, num_labels=2)
@@ -165,8 +184,9 @@ def test_mlm_export_is_the_starting_point_of_fine_tuning(corpus_file, tmp_path, 
     assert tuned.config.id2label == {0: "bad", 1: "good"}
 
 
-def test_electra_trains_and_exports_the_discriminator_for_fine_tuning(corpus_file, tmp_path):
-    cli = LitFinetuneCLI(args=["fit", *pretrain_args("electra.yaml", corpus_file, tmp_path / "run")])
+def test_electra_trains_and_exports_the_discriminator_for_fine_tuning(corpus_file, corpus_tokenizers, tmp_path):
+    cli = LitFinetuneCLI(args=["fit", *pretrain_args("electra.yaml", corpus_file, tmp_path / "run",
+                                                     tokenizers=corpus_tokenizers)])
     module = cli.model
     shared = module.model.electra.embeddings.word_embeddings.weight
     assert module.generator.electra.embeddings.word_embeddings.weight is shared
@@ -192,8 +212,8 @@ def test_electra_trains_and_exports_the_discriminator_for_fine_tuning(corpus_fil
                                                  ("bpe", "clm.yaml", "tiny:gpt2")])
 def test_pretraining_from_scratch_with_a_tokenizer_trained_on_the_corpus(kind, config, model, corpus_file, tmp_path):
     tokenizer_dir = tmp_path / f"tokenizer-{kind}"
-    run_cli("tokenizer", f"--train_file={corpus_file}", f"--output_dir={tokenizer_dir}", f"--kind={kind}",
-            "--vocab_size=300")
+    commands.main(["tokenizer", f"--train_file={corpus_file}", f"--output_dir={tokenizer_dir}", f"--kind={kind}",
+                   "--vocab_size=300"])  # the command, in this process
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     assert len(tokenizer) <= 300 and tokenizer.is_fast
     assert (tokenizer.mask_token is not None) == (kind == "wordpiece")
@@ -227,7 +247,7 @@ def test_causal_lm_refuses_encoders_before_reading_weights(backbone):
                                                          "--model.init_args.whole_word_mask=true")),
                                            ("electra.yaml", ())])
 def test_pretraining_resumed_mid_epoch_draws_the_same_masks_and_ends_where_an_uninterrupted_run_does(
-        config, extra, corpus_file, tmp_path):
+        config, extra, corpus_file, corpus_tokenizers, tmp_path):
     """Masks, random replacements and ELECTRA's sampled tokens come from the per-step seed: a run preempted
     mid-epoch (SIGTERM, in this process) and resumed by the same command ends with the uninterrupted run's weights
     and metrics, the interrupted epoch's training aggregates included. One epoch of 10 steps, validated twice."""
@@ -243,7 +263,8 @@ def test_pretraining_resumed_mid_epoch_draws_the_same_masks_and_ends_where_an_un
 
     def run(run_dir, *more):
         return pretrain_args(config, corpus_file, run_dir, *extra, "--trainer.max_epochs=1", "--trainer.max_steps=10",
-                             "--trainer.val_check_interval=4", "--trainer.enable_progress_bar=false", *more)
+                             "--trainer.val_check_interval=4", "--trainer.enable_progress_bar=false", *more,
+                             tokenizers=corpus_tokenizers)
 
     reference = tmp_path / "reference"
     reference.mkdir()

@@ -82,7 +82,8 @@ def test_unknown_config_key_is_named(capsys):
 
 
 def test_fit_predict_export_pipeline_end_to_end(tmp_path, tiny_data):
-    """The full user path in subprocesses: fit (W&B offline), predict from the best checkpoint, export, pipeline."""
+    """The full user path: fit in a subprocess (W&B offline), predict from the best checkpoint and export (the same
+    entry point, in this process), pipeline."""
     run_dir = tmp_path / "run"
     fit = run_cli("fit", *tiny_args(tiny_data, run_dir, "--trainer.max_epochs=8"), env={"WANDB_MODE": ""})
     assert "Validation: val/acc=1.0000" in fit.stdout
@@ -90,7 +91,7 @@ def test_fit_predict_export_pipeline_end_to_end(tmp_path, tiny_data):
     assert "W&B run (offline)" in fit.stdout and list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     [best] = (run_dir / "checkpoints").glob("best-*.ckpt")
 
-    run_cli("predict", *tiny_args(tiny_data, tmp_path / "predict"), "--ckpt_path", str(best))
+    commands.main(["predict", *tiny_args(tiny_data, tmp_path / "predict"), "--ckpt_path", str(best)])  # in-process
     rows = [json.loads(line) for line in (tmp_path / "predict" / "predictions.jsonl").open()]
     assert [r["id"] for r in rows] == [f"test-{i}" for i in range(16)]
     assert {r["label"] for r in rows} == {"bad", "good"}
@@ -103,12 +104,11 @@ def test_fit_predict_export_pipeline_end_to_end(tmp_path, tiny_data):
     assert predicted == expected
 
 
-def test_bad_input_exits_with_one_clear_line(tmp_path, tiny_data):
+def test_bad_input_exits_with_one_clear_line(tmp_path, tiny_data, capsys):
+    """In this process (the `fits` subprocess above shows the exit status and stderr a shell sees)."""
     missing = {**tiny_data, "validation": tmp_path / "nope.csv"}
-    result = run_cli("fit", *tiny_args(missing, tmp_path / "run"), check=False)
-    assert result.returncode == 2
-    assert f"lit-finetune: error: data.validation_file: file {tmp_path / 'nope.csv'} does not exist" in result.stderr
-    assert "Traceback" not in result.stderr
+    line = one_line_error(capsys, ["fit", *tiny_args(missing, tmp_path / "run")])
+    assert line.startswith(f"lit-finetune: error: data.validation_file: file {tmp_path / 'nope.csv'} does not exist")
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 

@@ -7,10 +7,11 @@ import random
 
 import pytest
 import torch
-from helpers import REPO, assert_pinned, first_losses, logged_values, metrics_rows, run_cli
+from helpers import REPO, assert_pinned, first_losses, logged_values, metrics_rows
 from torchmetrics.text import SQuAD
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
+from lit_finetune import commands
 from lit_finetune.commands.fit import LitFinetuneCLI
 from lit_finetune.tasks.question_answering import answers_by_id, best_spans, squad_inputs
 
@@ -132,13 +133,14 @@ def test_fit_learns_predict_writes_squad_json_and_export_answers(tmp_path, squad
     assert context[offsets[out.start_logits.argmax(), 0]:offsets[out.end_logits.argmax(), 1]] == "pink"
 
 
-def test_shipped_config_trains_through_the_cli(tmp_path, squad_files):
-    """The user's path: `lit-finetune fit --config configs/qa/squad.yaml`, best checkpoint on val/f1 exported (W&B
-    off to save its start-up; tests/test_cli.py covers it)."""
+def test_shipped_config_trains_through_the_cli(tmp_path, squad_files, capsys):
+    """The user's path: `lit-finetune fit --config configs/qa/squad.yaml` (the entry point, in this process;
+    tests/test_cli.py runs it as a subprocess), best checkpoint on val/f1 exported (W&B off to save its start-up)."""
     run_dir = tmp_path / "run"
-    fit = run_cli("fit", *tiny_qa_args(squad_files, run_dir, "--trainer.max_epochs=1",
-                                       "--trainer.logger=lit_finetune.training.loggers.RunCSVLogger"))
-    assert "Validation: val/em=" in fit.stdout and "val/f1_best=" in fit.stdout
+    commands.main(["fit", *tiny_qa_args(squad_files, run_dir, "--trainer.max_epochs=1",
+                                        "--trainer.logger=lit_finetune.training.loggers.RunCSVLogger")])
+    stdout = capsys.readouterr().out
+    assert "Validation: val/em=" in stdout and "val/f1_best=" in stdout
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "finished" and record["best"]["metric"] == "val/f1"
     assert (run_dir / "export" / "model.safetensors").is_file()

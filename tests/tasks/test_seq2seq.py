@@ -8,10 +8,12 @@ import lightning.pytorch as pl
 import pytest
 import sacrebleu
 import torch
-from helpers import REPO, assert_pinned, first_losses, logged_values, metrics_rows, run_cli
+import wandb
+from helpers import REPO, assert_pinned, first_losses, logged_values, metrics_rows
 from lightning.pytorch.loggers import CSVLogger
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
+from lit_finetune import commands
 from lit_finetune.callbacks import PredictionWriter
 from lit_finetune.data.seq2seq import Seq2SeqDataModule
 from lit_finetune.data.tokenizer_training import train_tokenizer
@@ -147,13 +149,14 @@ def test_generation_scores_accumulate_to_sacrebleu_and_rouge_score():
 def test_shipped_config_trains_on_parallel_files_through_the_cli(copy_task, tmp_path):
     run_dir = tmp_path / "run"
     files = copy_task["files"]
-    run_cli("fit", "--config", str(CONFIG), f"--trainer.default_root_dir={run_dir}",
+    commands.main(["fit", "--config", str(CONFIG), f"--trainer.default_root_dir={run_dir}",  # in this process
             "--model.init_args.model_name_or_path=tiny:t5",
             f"--model.init_args.tokenizer_name_or_path={copy_task['tokenizer']}",
             "--data.init_args.dataset_name=null", f"--data.init_args.train_file={files['train']}",
             f"--data.init_args.validation_file={files['val']}", "--data.init_args.batch_size=16",
             "--data.init_args.max_train_examples=32", "--model.init_args.max_new_tokens=8", "--trainer.max_epochs=1",
-            "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false", env={"OMP_NUM_THREADS": "1"})
+            "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false"])
+    wandb.finish()  # its offline files written whole, as when the process ends
     assert len(logged_values(run_dir, "val/bleu")) == 1 and logged_values(run_dir, "val/bleu_best")
     assert len(list((run_dir / "checkpoints").glob("best-*.ckpt"))) == 1
     assert AutoModelForSeq2SeqLM.from_pretrained(run_dir / "export").config.model_type == "t5"

@@ -6,11 +6,11 @@ import json
 import lightning.pytorch as pl
 import pytest
 import torch.nn.functional as F
-from helpers import REPO, assert_pinned, first_losses, logged_values, metrics_rows, run_cli, write_rows
+from helpers import REPO, assert_pinned, first_losses, logged_values, metrics_rows, write_rows
 from lightning.pytorch.loggers import CSVLogger
 from transformers import AutoModelForCausalLM, pipeline
 
-from lit_finetune import backbones
+from lit_finetune import backbones, commands
 from lit_finetune.callbacks import ExportBestModel, PredictionWriter, ResponseSamples
 from lit_finetune.data.instructions import IGNORE, InstructionDataModule
 from lit_finetune.errors import ConfigError
@@ -116,12 +116,12 @@ def test_shipped_config_trains_through_the_cli(tmp_path):
     """With packed rows: they train, validate, and the samples and export come as from padded ones."""
     run_dir = tmp_path / "run"
     files = instruction_files(tmp_path / "data")
-    run_cli("fit", "--config", str(CONFIG), "--model.init_args.model_name_or_path=tiny:gpt2",
-            "--data.init_args.dataset_name=null", "--data.init_args.messages_column=null",
-            *(f"--data.init_args.{key}={path}" for key, path in files.items()), "--data.init_args.id_column=id",
-            f"--trainer.default_root_dir={run_dir}", "--trainer.max_steps=1", "--trainer.accelerator=cpu",
-            "--trainer.val_check_interval=1", "--trainer.enable_progress_bar=false",
-            "--data.init_args.packing=padding_free")
+    commands.main(["fit", "--config", str(CONFIG), "--model.init_args.model_name_or_path=tiny:gpt2",  # in-process
+                   "--data.init_args.dataset_name=null", "--data.init_args.messages_column=null",
+                   *(f"--data.init_args.{key}={path}" for key, path in files.items()), "--data.init_args.id_column=id",
+                   f"--trainer.default_root_dir={run_dir}", "--trainer.max_steps=1", "--trainer.accelerator=cpu",
+                   "--trainer.val_check_interval=1", "--trainer.enable_progress_bar=false",
+                   "--data.init_args.packing=padding_free"])
     assert logged_values(run_dir, "val/loss") and len((run_dir / "samples.jsonl").read_text().splitlines()) == 4
     assert AutoModelForCausalLM.from_pretrained(run_dir / "export").config.model_type == "gpt2"
     [best] = (run_dir / "checkpoints").glob("best-step*.ckpt")

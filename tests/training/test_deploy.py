@@ -1,18 +1,20 @@
 """`lit-finetune deploy`: a tiny exported classifier quantized to int8 and exported to ONNX, each measured on a small
-labelled file through the real CLI; then the inputs users get wrong, in-process."""
+labelled file through the command's entry point; then the inputs users get wrong, in-process."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
 import onnxruntime
 import pytest
 import torch
-from helpers import run_cli, sentiment_rows, write_rows
+from helpers import sentiment_rows, write_rows
 from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from lit_finetune import backbones
+from lit_finetune import backbones, commands
 from lit_finetune.commands.deploy import deploy, load_quantized, quantize, read_eval_file
 from lit_finetune.errors import ConfigError, DataError
 
@@ -52,13 +54,15 @@ def eval_rows(export) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def deployed(export, eval_rows, tmp_path_factory) -> tuple[dict, Path, str]:
-    """One real `lit-finetune deploy` in a subprocess, into its default folder (deploy/ beside export/); the other
-    tests read what it wrote. (One run: ONNX export and the CLI's imports cost ~15 s of CPU.)"""
+    """One `lit-finetune deploy` through the command's entry point (in this process), into its default folder
+    (deploy/ beside export/); the other tests read what it wrote. (One run: the ONNX export costs seconds.)"""
     eval_file = write_rows(tmp_path_factory.mktemp("data") / "dev.tsv", eval_rows)
-    result = run_cli("deploy", f"--model_dir={export}", f"--eval_file={eval_file}", "--text_pair_column=aspect",
-                     "--batch_size=8", "--latency_batches=3", "--threads=1")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        commands.main(["deploy", f"--model_dir={export}", f"--eval_file={eval_file}", "--text_pair_column=aspect",
+                       "--batch_size=8", "--latency_batches=3", "--threads=1"])
     out = export.parent / "deploy"
-    return json.loads((out / "report.json").read_text()), out, result.stdout
+    return json.loads((out / "report.json").read_text()), out, printed.getvalue()
 
 
 def test_report_measures_fp32_int8_and_onnx(deployed, eval_rows, export):

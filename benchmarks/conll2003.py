@@ -78,11 +78,11 @@ def recipe(args: argparse.Namespace) -> dict:
 
 def run_lit(args: argparse.Namespace, hp: dict) -> None:
     """lit_finetune through its real CLI and the shipped config; only the data source and folders change."""
-    from lit_finetune.commands import default_wandb_mode
+    from lit_finetune.commands import process_defaults
     from lit_finetune.commands.fit import LitFinetuneCLI
 
     LitStepClock = lightning_clock()
-    default_wandb_mode()
+    process_defaults()
     cli = LitFinetuneCLI(args=[
         "fit", f"--config={CONFIG}", f"--seed_everything={hp['seed']}", "--data.init_args.dataset_name=null",
         *[f"--data.init_args.{split}_file={DATA / name}" for split, name in

@@ -96,12 +96,12 @@ def dev_scores(task: str, predictions: list[dict], gold: list, id2label: dict | 
 
 
 def run_task(args: argparse.Namespace) -> None:
-    from lit_finetune.commands import default_wandb_mode
+    from lit_finetune.commands import process_defaults
     from lit_finetune.commands.fit import LitFinetuneCLI
 
     task, data = args.run, DATA / args.run
     LitStepClock = lightning_clock()
-    default_wandb_mode()  # as the `lit-finetune` command does
+    process_defaults()  # as the `lit-finetune` command does
     cli = LitFinetuneCLI(args=[
         "fit", f"--config=configs/classification/{task}.yaml",
         "--data.init_args.dataset_name=null", "--data.init_args.dataset_config=null",

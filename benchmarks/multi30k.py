@@ -86,11 +86,11 @@ def main() -> None:
     import torch
     from lightning.pytorch.callbacks import Timer
 
-    from lit_finetune.commands import default_wandb_mode
+    from lit_finetune.commands import process_defaults
     from lit_finetune.commands.fit import LitFinetuneCLI
     from lit_finetune.data.seq2seq import read_lines
 
-    default_wandb_mode()  # as the `lit-finetune` command does
+    process_defaults()  # as the `lit-finetune` command does
     budget = int(args.budget_s)
     overrides = [
         f"--model.init_args.model_name_or_path={args.model}",

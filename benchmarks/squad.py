@@ -120,11 +120,11 @@ def trained_windows(clock, windows: int, batch_size: int) -> int:
 
 def run_lit(args: argparse.Namespace, hp: dict, data: Path) -> None:
     """lit_finetune through its real CLI and the shipped config; only the data, limits and folders change."""
-    from lit_finetune.commands import default_wandb_mode
+    from lit_finetune.commands import process_defaults
     from lit_finetune.commands.fit import LitFinetuneCLI
 
     LitStepClock = lightning_clock()
-    default_wandb_mode()
+    process_defaults()
     cli = LitFinetuneCLI(args=[
         "fit", f"--config={CONFIG}", "--data.init_args.dataset_name=null",
         f"--data.init_args.train_file={data / 'train.json'}", f"--data.init_args.validation_file={data / 'eval.json'}",

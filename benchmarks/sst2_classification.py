@@ -93,12 +93,12 @@ def finish(system: str, clock: StepClock, train_examples: int, epochs: int, dev_
 
 def run_lit(args: argparse.Namespace, hp: dict) -> None:
     """lit_finetune through its real CLI and the shipped SST-2 config; only the data source and folders change."""
-    from lit_finetune.commands import default_wandb_mode
+    from lit_finetune.commands import process_defaults
     from lit_finetune.commands.fit import LitFinetuneCLI
 
     mark_phase("setup")  # reading and tokenizing the data, loading the model, until the first training step
     LitStepClock = lightning_clock()  # the CLI instantiates it from its class path
-    default_wandb_mode()  # as the `lit-finetune` command does
+    process_defaults()  # as the `lit-finetune` command does
     cli = LitFinetuneCLI(args=[
         "fit", f"--config={CONFIG}",
         "--data.init_args.dataset_name=null",

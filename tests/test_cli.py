@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -193,6 +195,44 @@ def test_wandb_goes_offline_without_credentials_and_respects_wandb_mode(monkeypa
     (tmp_path / ".netrc").chmod(0o600)
     commands.default_wandb_mode()
     assert "WANDB_MODE" not in os.environ
+
+
+HEAP_PROBE = """
+import os, sys, torch
+from lit_finetune.commands import pin_mmap_threshold
+def rss_mib():
+    fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    return int(fields["VmRSS"].split()[0]) / 1024
+if sys.argv[1] == "pinned":
+    os.environ["LIT_FINETUNE_MMAP_THRESHOLD"] = str(4 * 2**20)
+    assert pin_mmap_threshold()
+n = 6 * 2**20 // 4  # 6 MiB blocks, above the pinned threshold
+first = torch.ones(n)
+del first  # unpinned, glibc now serves blocks of this size from its heap
+blocks = [torch.ones(n) for _ in range(40)]
+before = rss_mib()
+del blocks[:-1]  # the last block stays, at the top of the heap
+print(before - rss_mib())
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's allocator")
+def test_pinned_mmap_threshold_gives_freed_activation_sized_blocks_back():
+    """What `lit-finetune` sets at start with LIT_FINETUNE_MMAP_THRESHOLD (4 MiB here): freed blocks above it leave
+    the process (unpinned, glibc keeps them in its heap below a block still in use)."""
+    freed = {mode: float(subprocess.run([sys.executable, "-c", HEAP_PROBE, mode], capture_output=True, text=True,
+                                        check=True).stdout) for mode in ("unpinned", "pinned")}
+    assert freed["pinned"] > 200 and freed["unpinned"] < 50, freed  # 39 blocks of 6 MiB = 234 MiB
+
+
+def test_mmap_threshold_setting_is_checked_and_can_be_off(monkeypatch, capsys):
+    monkeypatch.setenv("LIT_FINETUNE_MMAP_THRESHOLD", "4MB")
+    assert one_line_error(capsys, ["--help"]) == \
+        "lit-finetune: error: LIT_FINETUNE_MMAP_THRESHOLD: expected a number of bytes or off, got '4MB'"
+    monkeypatch.setenv("LIT_FINETUNE_MMAP_THRESHOLD", "off")
+    assert commands.pin_mmap_threshold() is False
+    monkeypatch.delenv("LIT_FINETUNE_MMAP_THRESHOLD")
+    assert commands.pin_mmap_threshold() is False  # off unless asked
 
 
 def test_wandb_run_gets_sweep_style_keys_and_best_values(tmp_path, tiny_data):

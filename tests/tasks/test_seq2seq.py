@@ -150,12 +150,12 @@ def test_shipped_config_trains_on_parallel_files_through_the_cli(copy_task, tmp_
     run_dir = tmp_path / "run"
     files = copy_task["files"]
     commands.main(["fit", "--config", str(CONFIG), f"--trainer.default_root_dir={run_dir}",  # in this process
-            "--model.init_args.model_name_or_path=tiny:t5",
-            f"--model.init_args.tokenizer_name_or_path={copy_task['tokenizer']}",
-            "--data.init_args.dataset_name=null", f"--data.init_args.train_file={files['train']}",
-            f"--data.init_args.validation_file={files['val']}", "--data.init_args.batch_size=16",
-            "--data.init_args.max_train_examples=32", "--model.init_args.max_new_tokens=8", "--trainer.max_epochs=1",
-            "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false"])
+                   "--model.init_args.model_name_or_path=tiny:t5",
+                   f"--model.init_args.tokenizer_name_or_path={copy_task['tokenizer']}",
+                   "--data.init_args.dataset_name=null", f"--data.init_args.train_file={files['train']}",
+                   f"--data.init_args.validation_file={files['val']}", "--data.init_args.batch_size=16",
+                   "--data.init_args.max_train_examples=32", "--model.init_args.max_new_tokens=8",
+                   "--trainer.max_epochs=1", "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false"])
     wandb.finish()  # its offline files written whole, as when the process ends
     assert len(logged_values(run_dir, "val/bleu")) == 1 and logged_values(run_dir, "val/bleu_best")
     assert len(list((run_dir / "checkpoints").glob("best-*.ckpt"))) == 1

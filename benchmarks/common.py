@@ -4,6 +4,7 @@ its own interpreter (so its peak RSS is its own) with its result passed back as 
 from __future__ import annotations
 
 import csv
+import ctypes
 import json
 import os
 import platform
@@ -29,6 +30,27 @@ def rss_now_mib() -> dict[str, float]:
     return {key: int(fields[key].split()[0]) / 1024 for key in ("VmRSS", "RssAnon", "RssFile")}
 
 
+class MallocInfo(ctypes.Structure):
+    """glibc's `struct mallinfo2`: what malloc holds (tensors on CPU, numpy and most C/C++ buffers come from it)."""
+
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def malloc_heap_mib() -> dict[str, float]:
+    """glibc's heap now: bytes in use, bytes freed but kept (fragmentation: resident once touched) and chunks
+    mapped on their own (large tensors); {} where the C library is not glibc >= 2.33."""
+    try:
+        mallinfo2 = ctypes.CDLL(None).mallinfo2
+    except (AttributeError, OSError):
+        return {}
+    mallinfo2.restype = MallocInfo
+    info = mallinfo2()
+    return {"heap_in_use_mib": info.uordblks / 2**20, "heap_free_mib": info.fordblks / 2**20,
+            "mmapped_mib": info.hblkhd / 2**20}
+
+
 class MemoryTimeline:
     """Where a child's memory goes: a sampling thread (every `interval` s) records the resident memory of each phase
     the child marks (imports, setup, training, after training), so two systems' peaks can be compared phase by
@@ -44,10 +66,11 @@ class MemoryTimeline:
     def mark(self, phase: str) -> None:
         """Start a phase: later samples count towards it."""
         now = rss_now_mib()
+        heap = {f"start_{key}": value for key, value in malloc_heap_mib().items()}
         with self.lock:
             self.phases.append(dict(phase=phase, start_mib=now["VmRSS"], peak_mib=now["VmRSS"],
                                     anon_at_peak_mib=now["RssAnon"], file_at_peak_mib=now["RssFile"],
-                                    started_s=time.perf_counter()))
+                                    started_s=time.perf_counter(), **heap))
 
     def sample_forever(self) -> None:
         while True:
@@ -190,13 +213,16 @@ def run_child(script: str, system: str, label: str, run_dir, *extra_args: str) -
 
 
 def memory_phase_table(rows: list[dict], label) -> list[str]:
-    """Markdown: each system's resident memory phase by phase (start, peak, and the peak's anonymous / file split)."""
-    lines = ["| system | phase | s | RSS at start MiB | peak MiB | anon / file at peak MiB |",
-             "|---|---|---|---|---|---|"]
+    """Markdown: each system's resident memory phase by phase (start, peak, and the peak's anonymous / file split),
+    and glibc's heap at the phase's start (in use / freed but kept / mapped on its own)."""
+    lines = ["| system | phase | s | RSS at start MiB | peak MiB | anon / file at peak MiB | "
+             "heap at start: in use / free / mmapped MiB |", "|---|---|---|---|---|---|---|"]
     for row in rows:
         for p in row.get("memory_phases", []):
+            heap = (f"{p['start_heap_in_use_mib']:.0f} / {p['start_heap_free_mib']:.0f} / {p['start_mmapped_mib']:.0f}"
+                    if "start_heap_in_use_mib" in p else "-")
             lines.append(f"| {label(row)} | {p['phase']} | {p['seconds']:.0f} | {p['start_mib']:.0f} | "
-                         f"{p['peak_mib']:.0f} | {p['anon_at_peak_mib']:.0f} / {p['file_at_peak_mib']:.0f} |")
+                         f"{p['peak_mib']:.0f} | {p['anon_at_peak_mib']:.0f} / {p['file_at_peak_mib']:.0f} | {heap} |")
     return lines
 
 

@@ -12,6 +12,7 @@ from typing import Literal
 import lightning.pytorch as pl
 import torch
 import torchmetrics
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from transformers import PreTrainedModel
@@ -204,6 +205,7 @@ class TaskModule(pl.LightningModule):
         self.full_precision = False  # True while the export re-reads a QLoRA run's base in full precision
         self.distiller = None  # a task that distils sets a tasks.distillation.Distiller; its teacher loads in fit
         self.bad_steps = 0
+        self.step_grad_norm: torch.Tensor | None = None  # this step's gradient norm, for clipping
         self.best = {"max": torchmetrics.MaxMetric, "min": torchmetrics.MinMetric}[self.best_mode]() \
             if self.best_mode else None
         self.resumed_best: torch.Tensor | None = None
@@ -355,6 +357,8 @@ class TaskModule(pl.LightningModule):
         if self.trainer.world_size > 1:
             bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
         if not bad:
+            # Whole gradients (not shards): the norm clipping needs, so configure_gradient_clipping need not redo it.
+            self.step_grad_norm = None if is_sharding(self.trainer) else norm
             return
         self.bad_steps += 1
         loss = self.trainer.callback_metrics.get("train/loss_step")
@@ -370,6 +374,19 @@ class TaskModule(pl.LightningModule):
         self.log("train/skipped_steps", float(self.bad_steps))
         for p in (p for group in optimizer.param_groups for p in group["params"]):
             p.grad = None  # AdamW leaves parameters without a gradient as they are
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip by norm with the norm on_before_optimizer_step has just taken: one pass over the gradients instead of
+        two (each is ~15 ms of a ~400 ms MiniLM step on CPU). Lightning clips wherever that norm is not the one it
+        would take itself: sharded gradients, 16-bit loss scaling, other precision plugins, clipping by value."""
+        norm, self.step_grad_norm = self.step_grad_norm, None
+        plugin = self.trainer.precision_plugin
+        plain = type(plugin) is Precision or (type(plugin) is MixedPrecision and plugin.scaler is None)
+        if norm is None or not plain or not gradient_clip_val or gradient_clip_algorithm not in (None, "norm"):
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, norm)
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
         """Lightning's step, then the gradients freed at once: Lightning zeroes them only after the next batch's

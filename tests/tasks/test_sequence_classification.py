@@ -161,3 +161,34 @@ def test_checkpoint_with_other_labels_cannot_resume(tmp_path, tiny_data):
 def test_pinned_losses(tmp_path, tiny_data, extra):
     """The weighted focal path with unit weights and gamma 0 is the cross-entropy, to the pinned digits."""
     assert_pinned(first_losses(tmp_path / "run", *tiny_args(tiny_data, tmp_path / "unused", *extra)), PINNED)
+
+
+def test_clipping_by_norm_takes_the_gradient_norm_once_and_clips_as_lightning_does(tmp_path, tiny_data, monkeypatch):
+    """The non-finite check's norm is reused for clipping: the same losses as Lightning's own clipping (which takes
+    the norm again), one norm per step instead of two; and the clipping does act (the unclipped run differs)."""
+    import lightning.pytorch as pl
+    from torch.nn.utils import clip_grad
+
+    from lit_finetune.tasks.base import TaskModule
+
+    norms = []
+    real = clip_grad._get_total_norm
+
+    def counted(*args, **kwargs):
+        norms.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(clip_grad, "_get_total_norm", counted)  # what clip_grad_norm_ calls
+    monkeypatch.setattr(torch.nn.utils, "get_total_norm", counted)  # what the non-finite check calls
+    args = tiny_args(tiny_data, tmp_path / "unused")
+    clipped = (*args, "--trainer.gradient_clip_val=0.05")  # below the tiny model's gradient norms: clips every step
+    reused = first_losses(tmp_path / "reused", *clipped)
+    reused_norms = len(norms)
+    monkeypatch.setattr(TaskModule, "configure_gradient_clipping", pl.LightningModule.configure_gradient_clipping)
+    stock = first_losses(tmp_path / "stock", *clipped)
+    stock_norms = len(norms) - reused_norms
+    unclipped = first_losses(tmp_path / "unclipped", *args, "--trainer.gradient_clip_val=null")
+    assert len(reused) == len(stock) == 4
+    assert reused == pytest.approx(stock, abs=1e-7)
+    assert reused[1:] != pytest.approx(unclipped[1:], abs=1e-4)
+    assert stock_norms == 2 * reused_norms > 0, (reused_norms, stock_norms)

@@ -8,6 +8,7 @@ the same code (StepClock, finish).
 
     python benchmarks/sst2_classification.py                            # both systems, full train set, 1 epoch
     python benchmarks/sst2_classification.py --max_train_examples 1000  # smoke run, a couple of minutes on CPU
+    python benchmarks/sst2_classification.py --hf_report_to wandb       # the Trainer logs to W&B too, as the recipe
 
 Data: ../shared/data/sst2/{train,dev}.tsv relative to the repo root (GLUE TSVs: `sentence<TAB>label`, unquoted).
 Set HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false on a machine offline.
@@ -53,6 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max_train_examples", type=int, default=None, help="first N training rows (smoke runs)")
     parser.add_argument("--learning_rate", type=float, default=None, help=f"both systems (default: {CONFIG})")
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--hf_report_to", choices=["none", "wandb"], default="none",
+                        help="the Trainer's logger: none (default), or wandb like lit_finetune's recipe")
     parser.add_argument("--output", default="runs/benchmarks/sst2.json", help="JSON report")
     parser.add_argument("--run_dir", default=None, help="run folders (default runs/benchmarks/sst2-<time>/<system>)")
     parser.add_argument("--run", choices=sorted(SYSTEMS), help=argparse.SUPPRESS)  # child mode
@@ -74,7 +77,8 @@ def recipe(args: argparse.Namespace) -> dict:
                 lr_scheduler=model["lr_scheduler"], batch_size=int(data["batch_size"]),
                 max_length=int(data["max_length"]), group_by_length=bool(data.get("group_by_length", False)),
                 max_grad_norm=float(config["trainer"]["gradient_clip_val"]),
-                seed=int(config["seed_everything"]), epochs=args.epochs)
+                seed=int(config["seed_everything"]), epochs=args.epochs,
+                log_every_n_steps=int(config["trainer"]["log_every_n_steps"]))
 
 
 def read_tsv(path: Path, limit: int | None = None) -> tuple[list[str], list[int]]:
@@ -135,6 +139,9 @@ def run_hf(args: argparse.Namespace, hp: dict) -> None:
     )
 
     mark_phase("setup")
+    if args.hf_report_to == "wandb":  # the run's files in its run folder, as lit_finetune's; offline without a key
+        os.makedirs(args.run_dir, exist_ok=True)
+        os.environ.update(WANDB_DIR=args.run_dir, WANDB_PROJECT="lit-finetune-benchmarks")
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
 
     def split(name: str, limit: int | None = None) -> Dataset:
@@ -154,7 +161,8 @@ def run_hf(args: argparse.Namespace, hp: dict) -> None:
         learning_rate=hp["learning_rate"], weight_decay=hp["weight_decay"], warmup_steps=hp["warmup"],  # a ratio < 1
         lr_scheduler_type=hp["lr_scheduler"], max_grad_norm=hp["max_grad_norm"], optim="adamw_torch_fused",
         train_sampling_strategy="group_by_length" if hp["group_by_length"] else "random",
-        dataloader_num_workers=0, save_strategy="no", eval_strategy="no", report_to="none")
+        logging_steps=hp["log_every_n_steps"], dataloader_num_workers=0, save_strategy="no", eval_strategy="no",
+        report_to=args.hf_report_to)
     clock = hf_clock()
     trainer = Trainer(model=model, args=training_args, train_dataset=train, eval_dataset=dev,
                       data_collator=DataCollatorWithPadding(tokenizer), callbacks=[clock],
@@ -195,7 +203,8 @@ def markdown(rows: list[dict], ratios: dict, report: dict) -> str:
     lines += memory_phase_table(rows, lambda r: SYSTEMS[r["system"]])
     lines += ["", *provenance_lines(report),
               f"- recipe: {report['recipe']}; {report['train_examples']} training examples, "
-              f"{report['train_tokens_per_epoch']} non-pad tokens per epoch"]
+              f"{report['train_tokens_per_epoch']} non-pad tokens per epoch; the Trainer logs to "
+              f"{report['hf_report_to']}"]
     return "\n".join(lines)
 
 
@@ -226,7 +235,7 @@ def main() -> None:
                   mean("lit", "eval_s") / mean("hf", "eval_s"),
                   "peak RSS lit/HF (> 1: lit_finetune uses more memory)":
                   mean("lit", "peak_rss_mib") / mean("hf", "peak_rss_mib")}
-    report = new_report(SCRIPT, recipe=hp, data=str(DATA), run_dir=str(run_dir),
+    report = new_report(SCRIPT, recipe=hp, data=str(DATA), run_dir=str(run_dir), hf_report_to=args.hf_report_to,
                   train_examples=rows[0]["train_examples"] if rows else 0, train_tokens_per_epoch=train_tokens,
                   results=rows, ratios=ratios)
     write_report(report, markdown(rows, ratios, report), args.output)

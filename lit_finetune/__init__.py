@@ -1,8 +1,9 @@
 """lit_finetune: pretrain and fine-tune Transformer language models with PyTorch Lightning."""
 
-from lit_finetune.deferred_imports import defer_scipy_signal
+from lit_finetune.deferred_imports import defer_scipy_signal, defer_torchmetrics_plot
 
 # Before anything imports Lightning (and with it torchmetrics): see lit_finetune/deferred_imports.py.
 defer_scipy_signal()
+defer_torchmetrics_plot()
 
 __version__ = "0.1.0"

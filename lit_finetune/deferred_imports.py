@@ -5,6 +5,12 @@ torchmetrics 1.9 (which Lightning imports) runs `import scipy.signal` whenever S
 installed here through seqeval's scikit-learn, so every process of every command paid ~2 s and ~65 MiB of RSS for
 it. `defer_scipy_signal` puts a stand-in module in its place that already holds the alias and turns into the real
 `scipy.signal` the first time any other name is read from it, so code that uses SciPy's signal module still gets it.
+
+torchmetrics 1.9 also imports `matplotlib.pyplot` at start-up whenever matplotlib is installed (lit_finetune's
+`compare` plots with it), for the `.plot()` helpers of its metrics, which a training run never calls: ~24 MiB of RSS
+and ~1 s. `defer_torchmetrics_plot` stands in for `torchmetrics.utilities.plot` with what torchmetrics' modules read
+from it as they load (the type aliases it uses when matplotlib is absent, an axes class whose `isinstance` asks the
+real `matplotlib.axes.Axes`, and functions that import the real module on first call).
 """
 
 import importlib
@@ -12,8 +18,13 @@ import importlib.util
 import sys
 import types
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 SCIPY_SIGNAL = "scipy.signal"
+TORCHMETRICS_PLOT = "torchmetrics.utilities.plot"
+# What torchmetrics 1.9's modules import from its plot module while they load (tests/test_deferred_imports.py checks
+# that start-up reads nothing else): a name outside this list loads the real module, which is correct, only not lazy.
+PLOT_FUNCTIONS = ("plot_single_or_multi_val", "plot_curve", "plot_confusion_matrix")
 
 
 class DeferredModule(types.ModuleType):
@@ -22,12 +33,15 @@ class DeferredModule(types.ModuleType):
     def __init__(self, spec, preset: dict):
         super().__init__(spec.name)
         self.__spec__ = spec
-        self.__path__ = list(spec.submodule_search_locations or [])
+        if spec.submodule_search_locations is not None:  # a package
+            self.__path__ = list(spec.submodule_search_locations)
         self.__file__ = spec.origin
         self.__package__ = spec.name
         self.__dict__.update(preset)
 
     def __getattr__(self, name: str):
+        if name == "__path__":  # `from module import x` asks; a plain module (not a package) has none
+            raise AttributeError(name)
         return getattr(load_real_module(self), name)
 
 
@@ -47,8 +61,9 @@ def hamming(*args, **kwargs):
     return importlib.import_module(SCIPY_SIGNAL).windows.hamming(*args, **kwargs)
 
 
-def torchmetrics_imports_scipy_signal() -> bool:
-    """Whether the installed torchmetrics is a release known to import scipy.signal at start-up (1.9 and older)."""
+def torchmetrics_imports_unused_modules() -> bool:
+    """Whether the installed torchmetrics is a release known to import scipy.signal and matplotlib.pyplot at start-up
+    (1.9 and older)."""
     try:
         major, minor = (int(part) for part in version("torchmetrics").split(".")[:2])
     except (PackageNotFoundError, ValueError):
@@ -58,7 +73,7 @@ def torchmetrics_imports_scipy_signal() -> bool:
 
 def defer_scipy_signal() -> None:
     """Stand in for scipy.signal until it is used, when nothing has imported it or torchmetrics yet."""
-    if SCIPY_SIGNAL in sys.modules or "torchmetrics" in sys.modules or not torchmetrics_imports_scipy_signal():
+    if SCIPY_SIGNAL in sys.modules or "torchmetrics" in sys.modules or not torchmetrics_imports_unused_modules():
         return
     try:
         spec = importlib.util.find_spec(SCIPY_SIGNAL)  # imports the small `scipy` package itself, not its signal module
@@ -67,3 +82,44 @@ def defer_scipy_signal() -> None:
     if spec is None:
         return
     sys.modules[SCIPY_SIGNAL] = DeferredModule(spec, {"hamming": hamming})
+
+
+class MatplotlibAxesType(type):
+    """`isinstance(x, _AX_TYPE)` (torchmetrics checks axes handed to `MetricCollection.plot`) against the real
+    `matplotlib.axes.Axes`, imported only when something asks."""
+
+    def __instancecheck__(cls, obj) -> bool:
+        return isinstance(obj, importlib.import_module("matplotlib.axes").Axes)
+
+
+class MatplotlibAxes(metaclass=MatplotlibAxesType):
+    """Stands in for `matplotlib.axes.Axes` in torchmetrics' annotations and axes checks."""
+
+
+def plot_function(stand_in: DeferredModule, name: str):
+    """A function of torchmetrics' plot module that loads the real module (and with it matplotlib) when called."""
+
+    def call(*args, **kwargs):
+        return getattr(load_real_module(stand_in), name)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    return call
+
+
+def defer_torchmetrics_plot() -> None:
+    """Stand in for torchmetrics' plot module until a metric plots, when neither it nor matplotlib is loaded yet."""
+    if ({"torchmetrics", "matplotlib"} & set(sys.modules)) or not torchmetrics_imports_unused_modules():
+        return
+    try:  # top-level lookups only: finding the submodule itself would import torchmetrics
+        package, matplotlib = importlib.util.find_spec("torchmetrics"), importlib.util.find_spec("matplotlib")
+    except (ImportError, ValueError):
+        return
+    if package is None or matplotlib is None or not package.submodule_search_locations:
+        return  # without matplotlib torchmetrics imports nothing heavy
+    path = Path(package.submodule_search_locations[0]) / "utilities" / "plot.py"
+    if not path.is_file():
+        return
+    stand_in = DeferredModule(importlib.util.spec_from_file_location(TORCHMETRICS_PLOT, path), {
+        "_AX_TYPE": MatplotlibAxes, "_PLOT_OUT_TYPE": tuple[object, object], "_CMAP_TYPE": object})
+    stand_in.__dict__.update({name: plot_function(stand_in, name) for name in PLOT_FUNCTIONS})
+    sys.modules[TORCHMETRICS_PLOT] = stand_in

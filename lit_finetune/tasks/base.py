@@ -256,7 +256,8 @@ class TaskModule(pl.LightningModule):
         h = self.hparams
         self.check_speed_settings()
         self.adopt_from_data()
-        self.tokenizer = backbones.load_tokenizer(h.model_name_or_path, h.trust_remote_code, h.tokenizer_name_or_path)
+        self.tokenizer = self.data_tokenizer() or \
+            backbones.load_tokenizer(h.model_name_or_path, h.trust_remote_code, h.tokenizer_name_or_path)
         self.model = self.build_model()
         if h.get("gradient_checkpointing"):
             if not self.model.supports_gradient_checkpointing:
@@ -299,6 +300,16 @@ class TaskModule(pl.LightningModule):
                 and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "clang++")):
             raise ConfigError("model.compile: torch.compile's inductor backend generates C++ on CPU and finds no "
                               "compiler (g++ or clang++) on PATH; install one, or set model.compile: false")
+
+    def data_tokenizer(self):
+        """The data module's tokenizer when it was read from the same settings: one copy per process, not two
+        (a fast tokenizer of a 30k vocabulary holds ~11 MiB)."""
+        dm = self.datamodule
+        settings = ("model_name_or_path", "trust_remote_code", "tokenizer_name_or_path")
+        if dm is None or getattr(dm, "tokenizer", None) is None:
+            return None
+        same = all(dm.hparams.get(name) == self.hparams.get(name) for name in settings)
+        return dm.tokenizer if same else None
 
     def adopt_from_data(self) -> None:
         """Write each `from_data` setting into the hyperparameters from the data module, unless the config or a

@@ -33,6 +33,7 @@ def test_fit_learns_logs_named_metrics_and_exports(tmp_path, tiny_data):
     assert classifier("plot was good acting")[0]["label"] == "good"
     assert classifier("the movie bad")[0]["label"] == "bad"
     assert cli.model.model.config.id2label == {0: "bad", 1: "good"}
+    assert cli.model.tokenizer is cli.datamodule.tokenizer  # read once per process
 
 
 def test_backbone_trains_with_dropout_on(tmp_path, tiny_data):

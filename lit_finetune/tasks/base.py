@@ -256,8 +256,10 @@ class TaskModule(pl.LightningModule):
         h = self.hparams
         self.check_speed_settings()
         self.adopt_from_data()
-        self.tokenizer = self.data_tokenizer() or \
-            backbones.load_tokenizer(h.model_name_or_path, h.trust_remote_code, h.tokenizer_name_or_path)
+        self.tokenizer = self.data_tokenizer()
+        if self.tokenizer is None:
+            self.tokenizer = backbones.load_tokenizer(h.model_name_or_path, h.trust_remote_code,
+                                                      h.tokenizer_name_or_path)
         self.model = self.build_model()
         if h.get("gradient_checkpointing"):
             if not self.model.supports_gradient_checkpointing:

@@ -135,8 +135,9 @@ def default_wandb_mode() -> None:
 # glibc serves allocations below its mmap threshold from the heap, and raises that threshold (up to 32 MiB) each time
 # a larger block is freed; a training step's activations then come from the heap, fragment it, and the process keeps
 # memory it no longer uses. LIT_FINETUNE_MMAP_THRESHOLD=<bytes> pins the threshold: blocks above it are mapped on
-# their own and go back to the system when freed. Opt-in: on SST-2 / MiniLM, 4 MiB cut peak RSS by 4.6% and cost
-# 7.5% of training speed (page faults on every fresh block; BENCHMARKS.md).
+# their own and go back to the system when freed. Opt-in, as its cost (page faults on every fresh block) depends on the
+# model and lengths: on SST-2 / MiniLM, 8 MiB cut peak RSS by ~46 MiB at no measurable speed cost, 4 MiB by 4.6% at
+# 7.5% of training speed (BENCHMARKS.md).
 M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
 
 

@@ -10,7 +10,8 @@ the same code (StepClock, finish).
     python benchmarks/sst2_classification.py --max_train_examples 1000  # smoke run, a couple of minutes on CPU
     python benchmarks/sst2_classification.py --hf_report_to wandb       # the Trainer logs to W&B too, as the recipe
 
-Data: ../shared/data/sst2/{train,dev}.tsv relative to the repo root (GLUE TSVs: `sentence<TAB>label`, unquoted).
+Data: ../shared/data/sst2/{train,dev}.tsv relative to the repo root (GLUE TSVs: `sentence<TAB>label`, unquoted), or
+another folder of the same layout with `--data_dir` (benchmarks/long_sst2.py builds one of long texts).
 Set HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false on a machine offline.
 """
 
@@ -56,6 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--hf_report_to", choices=["none", "wandb"], default="none",
                         help="the Trainer's logger: none (default), or wandb like lit_finetune's recipe")
+    parser.add_argument("--data_dir", type=Path, default=DATA,
+                        help=f"train.tsv and dev.tsv in SST-2's layout (default {DATA}; benchmarks/long_sst2.py "
+                             "builds a long-text set)")
     parser.add_argument("--output", default="runs/benchmarks/sst2.json", help="JSON report")
     parser.add_argument("--run_dir", default=None, help="run folders (default runs/benchmarks/sst2-<time>/<system>)")
     parser.add_argument("--run", choices=sorted(SYSTEMS), help=argparse.SUPPRESS)  # child mode
@@ -106,8 +110,8 @@ def run_lit(args: argparse.Namespace, hp: dict) -> None:
     cli = LitFinetuneCLI(args=[
         "fit", f"--config={CONFIG}",
         "--data.init_args.dataset_name=null",
-        f"--data.init_args.train_file={DATA / 'train.tsv'}",
-        f"--data.init_args.validation_file={DATA / 'dev.tsv'}",
+        f"--data.init_args.train_file={args.data_dir / 'train.tsv'}",
+        f"--data.init_args.validation_file={args.data_dir / 'dev.tsv'}",
         "--data.init_args.text_column=sentence",
         "--data.init_args.id_column=null",
         f"--data.init_args.label_names=[{','.join(LABEL_NAMES)}]",
@@ -145,7 +149,7 @@ def run_hf(args: argparse.Namespace, hp: dict) -> None:
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
 
     def split(name: str, limit: int | None = None) -> Dataset:
-        sentences, labels = read_tsv(DATA / f"{name}.tsv", limit)
+        sentences, labels = read_tsv(args.data_dir / f"{name}.tsv", limit)
         return Dataset.from_dict({"sentence": sentences, "label": labels}).map(
             lambda b: tokenizer(b["sentence"], truncation=True, max_length=hp["max_length"]),
             batched=True, remove_columns=["sentence"])
@@ -178,11 +182,11 @@ def run_hf(args: argparse.Namespace, hp: dict) -> None:
 # The parent: run the children, add what needs no child, report
 
 
-def count_train_tokens(limit: int | None, max_length: int) -> int:
+def count_train_tokens(data_dir: Path, limit: int | None, max_length: int) -> int:
     """Non-pad tokens in one epoch of the training set, counted once with the same tokenizer and truncation."""
     from transformers import AutoTokenizer
 
-    sentences, _ = read_tsv(DATA / "train.tsv", limit)
+    sentences, _ = read_tsv(data_dir / "train.tsv", limit)
     masks = AutoTokenizer.from_pretrained(minilm_path())(sentences, truncation=True, max_length=max_length)
     return sum(map(sum, masks["attention_mask"]))
 
@@ -219,7 +223,7 @@ def main() -> None:
     # A system named twice (--systems hf,lit,hf,lit) runs twice, interleaved; the ratios compare the means.
     rows = [run_child(str(SCRIPT), system, SYSTEMS[system], run_dir / f"round{args.systems[:i].count(system)}")
             for i, system in enumerate(args.systems)]
-    train_tokens = count_train_tokens(args.max_train_examples, hp["max_length"])
+    train_tokens = count_train_tokens(args.data_dir, args.max_train_examples, hp["max_length"])
     for row in rows:
         row["tokens_per_s"] = train_tokens * hp["epochs"] / row["train_s"]
 
@@ -235,9 +239,9 @@ def main() -> None:
                   mean("lit", "eval_s") / mean("hf", "eval_s"),
                   "peak RSS lit/HF (> 1: lit_finetune uses more memory)":
                   mean("lit", "peak_rss_mib") / mean("hf", "peak_rss_mib")}
-    report = new_report(SCRIPT, recipe=hp, data=str(DATA), run_dir=str(run_dir), hf_report_to=args.hf_report_to,
-                  train_examples=rows[0]["train_examples"] if rows else 0, train_tokens_per_epoch=train_tokens,
-                  results=rows, ratios=ratios)
+    report = new_report(SCRIPT, recipe=hp, data=str(args.data_dir), run_dir=str(run_dir),
+                        hf_report_to=args.hf_report_to, train_examples=rows[0]["train_examples"] if rows else 0,
+                        train_tokens_per_epoch=train_tokens, results=rows, ratios=ratios)
     write_report(report, markdown(rows, ratios, report), args.output)
 
 

@@ -136,8 +136,8 @@ def default_wandb_mode() -> None:
 # a larger block is freed; a training step's activations then come from the heap, fragment it, and the process keeps
 # memory it no longer uses. LIT_FINETUNE_MMAP_THRESHOLD=<bytes> pins the threshold: blocks above it are mapped on
 # their own and go back to the system when freed. Opt-in, as its cost (page faults on every fresh block) depends on the
-# model and lengths: on SST-2 / MiniLM, 8 MiB cut peak RSS by ~46 MiB at no measurable speed cost, 4 MiB by 4.6% at
-# 7.5% of training speed (BENCHMARKS.md).
+# model and lengths: on SST-2 / MiniLM, 8 MiB cut peak RSS by ~46 MiB at no measurable speed cost, but on batches
+# padded to 128 tokens by 73 MiB at ~10% of the speed (BENCHMARKS.md).
 M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
 
 

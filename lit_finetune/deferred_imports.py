@@ -56,9 +56,14 @@ def load_real_module(stand_in: DeferredModule) -> types.ModuleType:
     return real
 
 
-def hamming(*args, **kwargs):
-    """`scipy.signal.windows.hamming`, reached through the real module on first call."""
-    return importlib.import_module(SCIPY_SIGNAL).windows.hamming(*args, **kwargs)
+def deferred_function(stand_in: DeferredModule, name: str):
+    """The stand-in's `name`: a function that loads the real module when first called and calls the real one."""
+
+    def call(*args, **kwargs):
+        return getattr(load_real_module(stand_in), name)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    return call
 
 
 def torchmetrics_imports_unused_modules() -> bool:
@@ -71,9 +76,18 @@ def torchmetrics_imports_unused_modules() -> bool:
     return (major, minor) <= (1, 9)
 
 
+def defer_unused_torchmetrics_imports() -> None:
+    """Stand in for the modules torchmetrics imports at start-up without using them; only before torchmetrics itself
+    is imported, and only for the releases known to (one version check for both)."""
+    if "torchmetrics" in sys.modules or not torchmetrics_imports_unused_modules():
+        return
+    defer_scipy_signal()
+    defer_torchmetrics_plot()
+
+
 def defer_scipy_signal() -> None:
-    """Stand in for scipy.signal until it is used, when nothing has imported it or torchmetrics yet."""
-    if SCIPY_SIGNAL in sys.modules or "torchmetrics" in sys.modules or not torchmetrics_imports_unused_modules():
+    """Stand in for scipy.signal until it is used, when nothing has imported it yet."""
+    if SCIPY_SIGNAL in sys.modules:
         return
     try:
         spec = importlib.util.find_spec(SCIPY_SIGNAL)  # imports the small `scipy` package itself, not its signal module
@@ -81,7 +95,9 @@ def defer_scipy_signal() -> None:
         return
     if spec is None:
         return
-    sys.modules[SCIPY_SIGNAL] = DeferredModule(spec, {"hamming": hamming})
+    stand_in = DeferredModule(spec, {})
+    stand_in.hamming = deferred_function(stand_in, "hamming")  # the alias torchmetrics would otherwise add at once
+    sys.modules[SCIPY_SIGNAL] = stand_in
 
 
 class MatplotlibAxesType(type):
@@ -96,19 +112,9 @@ class MatplotlibAxes(metaclass=MatplotlibAxesType):
     """Stands in for `matplotlib.axes.Axes` in torchmetrics' annotations and axes checks."""
 
 
-def plot_function(stand_in: DeferredModule, name: str):
-    """A function of torchmetrics' plot module that loads the real module (and with it matplotlib) when called."""
-
-    def call(*args, **kwargs):
-        return getattr(load_real_module(stand_in), name)(*args, **kwargs)
-
-    call.__name__ = call.__qualname__ = name
-    return call
-
-
 def defer_torchmetrics_plot() -> None:
-    """Stand in for torchmetrics' plot module until a metric plots, when neither it nor matplotlib is loaded yet."""
-    if ({"torchmetrics", "matplotlib"} & set(sys.modules)) or not torchmetrics_imports_unused_modules():
+    """Stand in for torchmetrics' plot module until a metric plots, when matplotlib is not loaded yet."""
+    if "matplotlib" in sys.modules:
         return
     try:  # top-level lookups only: finding the submodule itself would import torchmetrics
         package, matplotlib = importlib.util.find_spec("torchmetrics"), importlib.util.find_spec("matplotlib")
@@ -121,5 +127,5 @@ def defer_torchmetrics_plot() -> None:
         return
     stand_in = DeferredModule(importlib.util.spec_from_file_location(TORCHMETRICS_PLOT, path), {
         "_AX_TYPE": MatplotlibAxes, "_PLOT_OUT_TYPE": tuple[object, object], "_CMAP_TYPE": object})
-    stand_in.__dict__.update({name: plot_function(stand_in, name) for name in PLOT_FUNCTIONS})
+    stand_in.__dict__.update({name: deferred_function(stand_in, name) for name in PLOT_FUNCTIONS})
     sys.modules[TORCHMETRICS_PLOT] = stand_in

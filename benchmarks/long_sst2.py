@@ -9,10 +9,13 @@ so batches pad to the recipe's max_length of 128.
 """
 
 import argparse
+import os
 import random
 from pathlib import Path
 
-SOURCE = Path(__file__).resolve().parents[1] / "../shared/data/sst2/train.tsv"
+from common import SST2, read_glue_tsv
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -22,7 +25,8 @@ def main() -> None:
     parser.add_argument("--dev_rows", type=int, default=256)
     parser.add_argument("--phrases", type=int, default=15, help="SST-2 phrases per row")
     args = parser.parse_args()
-    rows = [line.rstrip("\n").split("\t") for line in SOURCE.read_text(encoding="utf-8").splitlines(True)[1:]]
+    os.chdir(REPO)  # SST2 is relative to the repo root
+    rows = [(row["sentence"], row["label"]) for row in read_glue_tsv(SST2 / "train.tsv")]
     rng = random.Random(0)
     args.out.mkdir(parents=True, exist_ok=True)
     for name, count in (("train", args.train_rows), ("dev", args.dev_rows)):

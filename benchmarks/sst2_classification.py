@@ -27,6 +27,7 @@ from datetime import datetime
 from pathlib import Path
 
 from common import (
+    SST2,
     StepClock,
     emit_result,
     hf_clock,
@@ -44,7 +45,7 @@ from common import (
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).resolve().relative_to(REPO)
 CONFIG = Path("configs/classification/sst2.yaml")  # paths relative to the repo root (main() changes into it)
-DATA = Path("../shared/data/sst2")
+DATA = SST2
 LABEL_NAMES = ["negative", "positive"]
 SYSTEMS = {"lit": "lit_finetune", "hf": "HF Trainer"}
 
